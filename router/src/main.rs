@@ -1,1 +1,70 @@
-fn main(){}
+//! `weft`: the router daemon (`weft router`) and the CLI that talks to it
+//! over its HTTP API.
+
+mod api;
+mod cli;
+mod config;
+mod control;
+mod core;
+mod datapath;
+mod identity;
+mod metrics;
+#[allow(dead_code)] // veth, route and FDB calls serve the CNI plugin and fast-path issues
+mod netlink;
+mod path_mtu;
+mod status;
+mod tap;
+mod udp_batch;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about = "weft: an overlay network for Kubernetes, in the spirit of Weave Net")]
+struct Cli {
+    /// Where the router's HTTP API listens (the CLI commands talk to it).
+    #[arg(long, global = true, env = "WEFT_HTTP_ADDR", default_value = config::DEFAULT_HTTP_ADDR)]
+    http_addr: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the router daemon on this node.
+    Router(config::RouterArgs),
+    /// Show the router's status, like `weave status`.
+    Status {
+        #[arg(value_enum)]
+        what: Option<cli::StatusPart>,
+    },
+    /// Print the router's JSON report.
+    Report,
+    /// Add peers to connect to (host[:port]).
+    Connect {
+        /// Replace the current targets instead of adding to them.
+        #[arg(long)]
+        replace: bool,
+        peers: Vec<String>,
+    },
+    /// Stop connecting to these peers.
+    Forget { peers: Vec<String> },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Router(args) => core::run(args, cli.http_addr),
+        Command::Status { what } => cli::status(&cli.http_addr, what),
+        Command::Report => cli::report(&cli.http_addr),
+        Command::Connect { replace, peers } => cli::connect(&cli.http_addr, &peers, replace),
+        Command::Forget { peers } => cli::forget(&cli.http_addr, &peers),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("weft: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,50 @@
-//! Namespace cluster harness.
+//! Namespace cluster harness for weft's multi-node tests.
+//!
+//! Everything lives in network namespaces this process creates, named
+//! `wt{pid}x{n}...` so parallel tests (and other test processes) never
+//! collide; traffic only flows inside them or on their loopbacks.
+//!
+//! * [`Cluster`]: an underlay "wire" namespace with bridge `br0`, one
+//!   namespace per node with `eth0` = 172.31.0.(i+1)/24; routers started per
+//!   node (`weft router ...` with a per-node data dir and log file); pods
+//!   plugged into each node's `weft` bridge; nftables partitions on the wire.
+//! * [`Pod`] / [`UnderlayHost`] implement [`Endpoint`]: ping, wait for
+//!   reachability, byte-exact TCP transfers.
+//! * [`in_netns`] runs Rust code (sockets) inside a namespace on a scoped thread.
+//! * [`wait_until`] / [`wait_for`]: every wait is bounded in time and count.
+//!
+//! Cleanup is by RAII: dropping a `Cluster`, `Pod` or `UnderlayHost` deletes
+//! its namespaces; routers are SIGTERMed then SIGKILLed by PID, and are
+//! spawned with a parent-death signal so even a killed test leaves none
+//! behind. A `Cluster` dropped during a panic prints every node's log tail
+//! and keeps its temp dir (also with `WEFT_TEST_LOGS` / `WEFT_TEST_KEEP`).
+//! Tests should therefore panic (e.g. `.unwrap()` a scenario's `Result`)
+//! while the cluster is still alive.
+
+pub mod cluster;
+pub mod cmd;
+pub mod endpoint;
+pub mod http;
+pub mod metrics;
+pub mod netns;
+pub mod ping;
+pub mod preflight;
+pub mod report;
+pub mod router;
+pub mod transfer;
+pub mod underlay_block;
+pub mod wait;
+
+pub use cluster::{node_ip, pod_ip, Cluster, ClusterBuilder, Node, BRIDGE, POD_PREFIX_LEN, WIRE_BRIDGE};
+pub use cmd::{run_bounded, run_ok, spawn_guarded, ManagedChild};
+pub use endpoint::{Endpoint, Pod, PodSpec, UnderlayHost};
+pub use http::http_request;
+pub use metrics::{metric_sum, metric_sum_matching};
+pub use netns::{enter_netns, in_netns, spawn_in_netns, Netns};
+pub use ping::{ping, PingStats};
+pub use preflight::require_env;
+pub use report::{ConnectionInfo, Report};
+pub use router::{weft_bin, DEFAULT_HTTP_ADDR, DEFAULT_PORT};
+pub use transfer::{payload, payload_fill, tcp_transfer, TransferStats};
+pub use underlay_block::{BlockId, Traffic};
+pub use wait::{stop_waiting, wait_for, wait_until, StopWaiting};

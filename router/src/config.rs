@@ -1,0 +1,98 @@
+//! The router's command line and environment, parsed once into typed values.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEFAULT_PORT: u16 = 6783;
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:6784";
+
+/// Overhead reserved between the underlay MTU and the pod MTU. Weave's 1376
+/// on a 1500 underlay: it covers the sleeve (IP + UDP + weft headers +
+/// inner Ethernet) with room for encryption and for VXLAN's 50 bytes, so a
+/// pod's MTU never has to change when a connection switches path.
+pub const MTU_OVERHEAD: u32 = 124;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// Peer name (MAC-like). Default: generated once and persisted in --data-dir.
+    #[arg(long, env = "WEFT_NAME")]
+    pub name: Option<weft_proto::PeerName>,
+    /// Human-readable name shown next to the peer name. Default: hostname.
+    #[arg(long, env = "WEFT_NICKNAME")]
+    pub nickname: Option<String>,
+    /// TCP control port and UDP sleeve port.
+    #[arg(long, env = "WEFT_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Linux bridge that pods attach to; created if missing, used as is otherwise.
+    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft")]
+    pub bridge: String,
+    /// Where the peer name (and later IPAM state) is persisted.
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
+    pub data_dir: PathBuf,
+    /// Pod-facing MTU. Default: the underlay MTU toward the peers minus weft's overhead.
+    #[arg(long, env = "WEFT_MTU")]
+    pub mtu: Option<u32>,
+    /// Maximum number of peer connections.
+    #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 200)]
+    pub conn_limit: usize,
+    /// Do not connect to peers learned through gossip.
+    #[arg(long, env = "WEFT_NO_DISCOVERY")]
+    pub no_discovery: bool,
+    /// Peers to connect to, host[:port]. Also from WEFT_PEERS (space separated).
+    #[arg(env = "WEFT_PEERS", value_delimiter = ' ')]
+    pub peers: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: Option<weft_proto::PeerName>,
+    pub nickname: String,
+    pub port: u16,
+    pub bridge: String,
+    pub data_dir: PathBuf,
+    pub mtu: Option<u32>,
+    pub conn_limit: usize,
+    pub discovery: bool,
+    pub peers: Vec<String>,
+    pub http_addr: SocketAddr,
+}
+
+impl Config {
+    pub fn from_args(args: RouterArgs, http_addr: &str) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let http_addr: SocketAddr = http_addr
+            .parse()
+            .with_context(|| format!("--http-addr {http_addr:?} is not an ip:port"))?;
+        if args.bridge.is_empty() || args.bridge.len() > 15 {
+            anyhow::bail!("--bridge {:?}: interface names are 1 to 15 characters", args.bridge);
+        }
+        if let Some(mtu) = args.mtu {
+            if !(576..=65000).contains(&mtu) {
+                anyhow::bail!("--mtu {mtu}: must be between 576 and 65000");
+            }
+        }
+        let nickname = match args.nickname {
+            Some(n) => n,
+            None => hostname(),
+        };
+        let peers = args.peers.into_iter().filter(|p| !p.trim().is_empty()).collect();
+        Ok(Config {
+            name: args.name,
+            nickname,
+            port: args.port,
+            bridge: args.bridge,
+            data_dir: args.data_dir,
+            mtu: args.mtu,
+            conn_limit: args.conn_limit,
+            discovery: !args.no_discovery,
+            peers,
+            http_addr,
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "weft".to_string())
+}

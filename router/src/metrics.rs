@@ -1,0 +1,172 @@
+//! Counters shared by the data-path threads, the control core and the
+//! HTTP API. Drop reasons are a fixed enum of atomics; per-peer traffic
+//! counters are accumulated per batch by each thread and folded in under
+//! one lock per batch, never per frame.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use weft_proto::PeerName;
+
+macro_rules! reasons {
+    ($name:ident { $($variant:ident => $label:literal,)* }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant,)* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            pub fn label(self) -> &'static str {
+                match self { $($name::$variant => $label,)* }
+            }
+        }
+    };
+}
+
+reasons!(Drop {
+    MalformedDatagram => "malformed_datagram",
+    MalformedFrame => "malformed_frame",
+    UnknownPeer => "unknown_peer",
+    NoRoute => "no_route",
+    FrameTooBig => "frame_too_big",
+    SendFailed => "send_failed",
+    TapWriteFailed => "tap_write_failed",
+    LocalDestination => "local_destination",
+    HeartbeatQueueFull => "heartbeat_queue_full",
+});
+
+reasons!(ConnFailure {
+    Handshake => "handshake",
+    Protocol => "protocol",
+    HeartbeatTimeout => "heartbeat_timeout",
+    SelfConnection => "self_connection",
+    Duplicate => "duplicate",
+    Limit => "conn_limit",
+    Closed => "closed",
+    Dial => "dial",
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    pub frames: u64,
+    pub bytes: u64,
+}
+
+/// Per-thread accumulator: one lock on the shared map per batch.
+#[derive(Debug, Default)]
+pub struct TrafficBatch {
+    entries: Vec<(PeerName, Direction, Traffic)>,
+}
+
+impl TrafficBatch {
+    pub fn add(&mut self, peer: PeerName, dir: Direction, bytes: usize) {
+        // Batches touch few peers: a linear scan beats hashing here.
+        match self.entries.iter_mut().find(|(p, d, _)| *p == peer && *d == dir) {
+            Some((_, _, t)) => {
+                t.frames += 1;
+                t.bytes += bytes as u64;
+            }
+            None => self.entries.push((peer, dir, Traffic { frames: 1, bytes: bytes as u64 })),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    drops: Vec<AtomicU64>,
+    conn_failures: Vec<AtomicU64>,
+    pub mac_moves: AtomicU64,
+    traffic: Mutex<HashMap<(PeerName, Direction), Traffic>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            drops: Drop::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            conn_failures: ConnFailure::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            mac_moves: AtomicU64::new(0),
+            traffic: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn drop(&self, reason: Drop, n: u64) {
+        self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn drops(&self, reason: Drop) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn conn_failure(&self, reason: ConnFailure) {
+        self.conn_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn flush(&self, batch: &mut TrafficBatch) {
+        if batch.entries.is_empty() {
+            return;
+        }
+        let mut map = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        for (peer, dir, t) in batch.entries.drain(..) {
+            let e = map.entry((peer, dir)).or_default();
+            e.frames += t.frames;
+            e.bytes += t.bytes;
+        }
+    }
+
+    /// Prometheus text exposition. `gauges` are the control core's
+    /// point-in-time values (connections by state, termination count).
+    pub fn render(&self, gauges: &crate::status::Gauges) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP weft_connections Peer connections by state and overlay path.");
+        let _ = writeln!(out, "# TYPE weft_connections gauge");
+        for (state, overlay, n) in &gauges.connections {
+            let _ = writeln!(out, "weft_connections{{state=\"{state}\",overlay=\"{overlay}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP weft_peers Peers known in the topology.");
+        let _ = writeln!(out, "# TYPE weft_peers gauge");
+        let _ = writeln!(out, "weft_peers {}", gauges.peers);
+        let _ = writeln!(out, "# HELP weft_connection_terminations_total Connections that ended.");
+        let _ = writeln!(out, "# TYPE weft_connection_terminations_total counter");
+        let _ = writeln!(out, "weft_connection_terminations_total {}", gauges.termination_count);
+        let _ = writeln!(out, "# HELP weft_connection_failures_total Failed or refused connections by reason.");
+        let _ = writeln!(out, "# TYPE weft_connection_failures_total counter");
+        for r in ConnFailure::ALL {
+            let n = self.conn_failures[*r as usize].load(Ordering::Relaxed);
+            let _ = writeln!(out, "weft_connection_failures_total{{reason=\"{}\"}} {n}", r.label());
+        }
+        let _ = writeln!(out, "# HELP weft_drops_total Frames or datagrams dropped, by reason.");
+        let _ = writeln!(out, "# TYPE weft_drops_total counter");
+        for r in Drop::ALL {
+            let _ = writeln!(out, "weft_drops_total{{reason=\"{}\"}} {}", r.label(), self.drops(*r));
+        }
+        let _ = writeln!(out, "# HELP weft_mac_moves_total MACs seen moving between peers.");
+        let _ = writeln!(out, "# TYPE weft_mac_moves_total counter");
+        let _ = writeln!(out, "weft_mac_moves_total {}", self.mac_moves.load(Ordering::Relaxed));
+        let traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = traffic.iter().collect();
+        rows.sort_by_key(|((p, d), _)| (*p, *d == Direction::Out));
+        for (family, help, pick) in [
+            ("weft_frames_total", "Frames carried, per peer, direction and path.", 0),
+            ("weft_bytes_total", "Frame bytes carried, per peer, direction and path.", 1),
+        ] {
+            let _ = writeln!(out, "# HELP {family} {help}");
+            let _ = writeln!(out, "# TYPE {family} counter");
+            for ((peer, dir), t) in &rows {
+                let dir = match dir {
+                    Direction::In => "in",
+                    Direction::Out => "out",
+                };
+                let v = if pick == 0 { t.frames } else { t.bytes };
+                let _ = writeln!(out, "{family}{{peer=\"{peer}\",direction=\"{dir}\",path=\"sleeve\"}} {v}");
+            }
+        }
+        out
+    }
+}
