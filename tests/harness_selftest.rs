@@ -183,7 +183,6 @@ fn pods_on_hand_made_bridge() {
     let stats = a.tcp_transfer_to(&b, 8 << 20, Duration::from_secs(30)).unwrap();
     assert_eq!(stats.bytes, 8 << 20);
     eprintln!("8 MiB over a bridge: {:.0} Mbit/s", stats.mbit_per_sec());
-
 }
 
 #[test]
@@ -192,10 +191,12 @@ fn transfer_detects_missing_listener_in_time() {
     let start = Instant::now();
     // Port/ip not bound in the target namespace: the receiver binds to an
     // address that namespace does not have, so both sides fail quickly.
-    let err = tcp_transfer(c.node_ns(0), c.node_ns(1), Ipv4Addr::new(172, 31, 0, 99).into(), 1000, Duration::from_secs(5))
-        .unwrap_err();
+    let err =
+        tcp_transfer(c.node_ns(0), c.node_ns(1), Ipv4Addr::new(172, 31, 0, 99).into(), 1000, Duration::from_secs(5))
+            .unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(10), "{err:#}");
-    let stats = tcp_transfer(c.node_ns(0), c.node_ns(1), c.node_ip(1).into(), 1 << 20, Duration::from_secs(10)).unwrap();
+    let stats =
+        tcp_transfer(c.node_ns(0), c.node_ns(1), c.node_ip(1).into(), 1 << 20, Duration::from_secs(10)).unwrap();
     assert_eq!(stats.bytes, 1 << 20);
 }
 
@@ -238,7 +239,8 @@ fn http_client_against_fake_api() {
             let response = if text.starts_with("GET /status ") {
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nready".to_owned()
             } else if text.starts_with("GET /report ") {
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n{\"Router\":1\r\n1\r\n}\r\n0\r\n\r\n".to_owned()
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n{\"Router\":1\r\n1\r\n}\r\n0\r\n\r\n"
+                    .to_owned()
             } else {
                 let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
                 format!("HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n{body}", body.len())
@@ -370,7 +372,8 @@ fn n0_bridge(c: &Cluster) {
 #[test]
 fn in_netns_isolates_threads() {
     let c = Cluster::new(1).unwrap();
-    let inside = in_netns(c.node_ns(0).name(), || std::fs::read_to_string("/proc/thread-self/net/dev").unwrap()).unwrap();
+    let inside =
+        in_netns(c.node_ns(0).name(), || std::fs::read_to_string("/proc/thread-self/net/dev").unwrap()).unwrap();
     assert!(inside.contains("eth0"));
     // Binding the node's address works only inside its namespace.
     let ip = c.node_ip(0);

@@ -66,10 +66,7 @@ fn three_nodes_learn_each_other_through_gossip() {
             let r = c.report(i)?;
             ensure!(r.peers()?.len() == 3, "node {i} peers: {:?}", r.peer_nicknames()?);
             let conns = r.connections()?;
-            ensure!(
-                conns.len() == 2 && conns.iter().all(|x| x.is_established()),
-                "node {i} connections: {conns:?}"
-            );
+            ensure!(conns.len() == 2 && conns.iter().all(|x| x.is_established()), "node {i} connections: {conns:?}");
         }
         let b = c.add_pod(1, pod_ip(1, 0))?;
         let cc = c.add_pod(2, pod_ip(2, 0))?;
@@ -90,8 +87,7 @@ fn frames_are_relayed_around_a_partition() {
             }
             let ra = c.report(a)?;
             let rc = c.report(cn)?;
-            Ok(ra.has_established_to(&c.node_ip(b).to_string())?
-                && rc.has_established_to(&c.node_ip(b).to_string())?)
+            Ok(ra.has_established_to(&c.node_ip(b).to_string())? && rc.has_established_to(&c.node_ip(b).to_string())?)
         })
         .context("A-B and C-B never established")?;
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::ethernet::MacAddr;
 use crate::PeerName;
 
-/// Weave's default: enough to hold a table the size of a /16 of pods.
+/// Room for a /16 worth of pods, while a MAC flood costs at most a few MiB.
 pub const DEFAULT_MAX_ENTRIES: usize = 65_536;
 
 /// Where a MAC lives.

@@ -631,7 +631,11 @@ impl Core {
             Event::Message(Message::Gossip(update)) => match self.topology.apply_update(now, &update) {
                 Ok(changed) => {
                     if !changed.is_empty() {
-                        self.gossip(&changed, Some(id));
+                        // The sender already has what it sent us, except when
+                        // it told us about our own stale record: our bumped
+                        // record must reach it too (a restarted leaf).
+                        let except = (!changed.contains(&self.local.name)).then_some(id);
+                        self.gossip(&changed, except);
                         self.topology_changed(now);
                     }
                 }

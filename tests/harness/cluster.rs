@@ -17,7 +17,7 @@ use crate::netns::{sweep_stale, unique_prefix, Netns};
 use crate::preflight::require_env;
 use crate::report::Report;
 use crate::router::{
-    describe_exit, has_flag, http_addr_in, log_marker, spawn_router, tail, weft_bin, RouterProcess,
+    describe_exit, has_flag, http_addr_in, log_marker, scrub_weft_env, spawn_router, tail, weft_bin, RouterProcess,
     DEFAULT_HTTP_ADDR,
 };
 use crate::underlay_block::{self, BlockId, Traffic};
@@ -123,7 +123,19 @@ impl ClusterBuilder {
 
 fn plug_into_wire(wire: &Netns, wire_side: &str, ns: &Netns, ip: Ipv4Addr, mtu: &str) -> Result<()> {
     wire.ip(&[
-        "link", "add", wire_side, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu, "netns",
+        "link",
+        "add",
+        wire_side,
+        "mtu",
+        mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "mtu",
+        mtu,
+        "netns",
         ns.name(),
     ])?;
     wire.ip(&["link", "set", wire_side, "master", WIRE_BRIDGE, "up"])?;
@@ -319,10 +331,7 @@ impl Cluster {
         let node = self.node(i);
         let mut process = node.slot().process.take().with_context(|| format!("no router on node {i}"))?;
         log_marker(&node.log_path, "SIGTERM");
-        process
-            .child
-            .terminate(Duration::from_secs(10))
-            .with_context(|| format!("stopping router on node {i}"))
+        process.child.terminate(Duration::from_secs(10)).with_context(|| format!("stopping router on node {i}"))
     }
 
     /// SIGKILL the router on node `i` and reap it; returns when the signal was sent.
@@ -338,12 +347,7 @@ impl Cluster {
     /// Stops the router on node `i` if running, then starts it again with
     /// the arguments of its last start (same data dir, so same identity).
     pub fn restart_router(&self, i: usize) -> Result<()> {
-        let args = self
-            .node(i)
-            .slot()
-            .args
-            .clone()
-            .with_context(|| format!("router on node {i} was never started"))?;
+        let args = self.node(i).slot().args.clone().with_context(|| format!("router on node {i} was never started"))?;
         if self.router_pid(i).is_some() {
             self.stop_router(i)?;
         }
@@ -445,6 +449,7 @@ impl Cluster {
         let bin = self.bin()?;
         let bin = bin.to_str().context("weft path is not UTF-8")?;
         let mut cmd = self.node(i).netns.command(bin, args);
+        scrub_weft_env(&mut cmd);
         cmd.env("WEFT_HTTP_ADDR", self.http_addr(i).to_string());
         run_bounded(cmd, CMD_TIMEOUT)
     }
@@ -503,11 +508,7 @@ impl Cluster {
         }
         let ip = Ipv4Addr::new(172, 31, 0, 200 + k as u8);
         let netns = Netns::create(format!("{}h{k}", self.prefix))?;
-        let mtu = self
-            .wire
-            .link_mtu(WIRE_BRIDGE)?
-            .context("wire bridge missing")?
-            .to_string();
+        let mtu = self.wire.link_mtu(WIRE_BRIDGE)?.context("wire bridge missing")?.to_string();
         plug_into_wire(&self.wire, &format!("h{k}"), &netns, ip, &mtu)?;
         Ok(UnderlayHost { netns, ip })
     }

@@ -28,13 +28,11 @@ fn spawner() -> &'static mpsc::Sender<SpawnJob> {
     static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
     SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnJob>();
-        let spawned = thread::Builder::new()
-            .name("harness-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(spawn_with_deathsig(&mut cmd));
-                }
-            });
+        let spawned = thread::Builder::new().name("harness-spawner".into()).spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(spawn_with_deathsig(&mut cmd));
+            }
+        });
         if let Err(e) = spawned {
             panic!("cannot start the harness spawner thread: {e}");
         }
@@ -65,12 +63,8 @@ fn spawn_with_deathsig(cmd: &mut Command) -> io::Result<Child> {
 pub fn spawn_guarded(cmd: Command) -> Result<Child> {
     let what = format!("{cmd:?}");
     let (tx, rx) = mpsc::channel();
-    spawner()
-        .send((cmd, tx))
-        .map_err(|_| anyhow!("harness spawner thread is gone"))?;
-    let child = rx
-        .recv_timeout(CMD_TIMEOUT)
-        .map_err(|_| anyhow!("harness spawner did not answer for {what}"))?;
+    spawner().send((cmd, tx)).map_err(|_| anyhow!("harness spawner thread is gone"))?;
+    let child = rx.recv_timeout(CMD_TIMEOUT).map_err(|_| anyhow!("harness spawner did not answer for {what}"))?;
     child.with_context(|| format!("spawning {what}"))
 }
 
@@ -210,8 +204,7 @@ impl ManagedChild {
     /// SIGKILL and reap. Returns the exit status.
     pub fn kill(&mut self) -> Result<ExitStatus> {
         self.signal(libc::SIGKILL)?;
-        self.wait_timeout(Duration::from_secs(10))
-            .ok_or_else(|| anyhow!("{} survived SIGKILL for 10s", self.what))
+        self.wait_timeout(Duration::from_secs(10)).ok_or_else(|| anyhow!("{} survived SIGKILL for 10s", self.what))
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL. Errors if SIGKILL was needed.

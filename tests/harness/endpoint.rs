@@ -89,8 +89,20 @@ impl Pod {
         // The node-side MTU must match before enslaving: a smaller port
         // would lower the bridge's MTU.
         node_ns.ip(&[
-            "link", "add", &host_veth, "mtu", &mtu_s, "type", "veth", "peer", "name", "eth0", "mtu", &mtu_s,
-            "netns", netns.name(),
+            "link",
+            "add",
+            &host_veth,
+            "mtu",
+            &mtu_s,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "mtu",
+            &mtu_s,
+            "netns",
+            netns.name(),
         ])?;
         node_ns.ip(&["link", "set", &host_veth, "master", bridge, "up"])?;
         netns.ip(&["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"])?;

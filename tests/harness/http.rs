@@ -17,11 +17,7 @@ const MAX_RESPONSE: usize = 16 << 20;
 
 /// `application/x-www-form-urlencoded` encoding of `pairs`.
 pub fn form_urlencode(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    pairs.iter().map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))).collect::<Vec<_>>().join("&")
 }
 
 fn percent_encode(s: &str) -> String {
@@ -86,10 +82,7 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> Result<Vec<u8>> {
 /// Parses a complete `Connection: close` response into `(status, body)`,
 /// undoing chunked transfer encoding.
 pub fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers in response")?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no end of headers in response")?;
     let head = String::from_utf8_lossy(&raw[..split]);
     let body = &raw[split + 4..];
     let mut lines = head.split("\r\n");

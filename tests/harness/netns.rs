@@ -29,10 +29,7 @@ pub fn unique_prefix() -> String {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{NAME_PREFIX}{pid}x{n}");
         let taken = std::fs::read_dir(NETNS_DIR)
-            .map(|dir| {
-                dir.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            })
+            .map(|dir| dir.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
             .unwrap_or(false);
         if !taken {
             return prefix;

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Once;
 
 /// Tools the harness shells out to, with the Debian package providing each.
-const TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("ping", "iputils-ping"), ("nft", "nftables"), ("sysctl", "procps")];
+const TOOLS: &[(&str, &str)] =
+    &[("ip", "iproute2"), ("ping", "iputils-ping"), ("nft", "nftables"), ("sysctl", "procps")];
 
 /// Panics with a clear message unless running as root with the tools present.
 pub fn require_env() {
@@ -30,9 +31,7 @@ pub fn require_env() {
 /// The first `PATH` entry containing an executable named `name`.
 pub fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {

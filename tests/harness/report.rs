@@ -37,9 +37,7 @@ impl Report {
     }
 
     fn field(&self, name: &str) -> Result<&Value> {
-        self.router()?
-            .get(name)
-            .with_context(|| format!("no Router.{name} in /report: {}", self.0))
+        self.router()?.get(name).with_context(|| format!("no Router.{name} in /report: {}", self.0))
     }
 
     fn array(&self, name: &str) -> Result<&Vec<Value>> {
@@ -49,15 +47,11 @@ impl Report {
             static EMPTY: Vec<Value> = Vec::new();
             return Ok(&EMPTY);
         }
-        v.as_array()
-            .with_context(|| format!("Router.{name} is not an array in /report: {}", self.0))
+        v.as_array().with_context(|| format!("Router.{name} is not an array in /report: {}", self.0))
     }
 
     fn string(&self, name: &str) -> Result<String> {
-        self.field(name)?
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("Router.{name} is not a string"))
+        self.field(name)?.as_str().map(str::to_owned).with_context(|| format!("Router.{name} is not a string"))
     }
 
     /// `Router.Name`: this router's peer name.
@@ -76,19 +70,11 @@ impl Report {
 
     /// Names of all known peers (including this router).
     pub fn peer_names(&self) -> Result<Vec<String>> {
-        Ok(self
-            .peers()?
-            .iter()
-            .filter_map(|p| p.get("Name").and_then(Value::as_str).map(str::to_owned))
-            .collect())
+        Ok(self.peers()?.iter().filter_map(|p| p.get("Name").and_then(Value::as_str).map(str::to_owned)).collect())
     }
 
     pub fn peer_nicknames(&self) -> Result<Vec<String>> {
-        Ok(self
-            .peers()?
-            .iter()
-            .filter_map(|p| p.get("NickName").and_then(Value::as_str).map(str::to_owned))
-            .collect())
+        Ok(self.peers()?.iter().filter_map(|p| p.get("NickName").and_then(Value::as_str).map(str::to_owned)).collect())
     }
 
     /// `Router.Connections`: this router's own connections.
@@ -112,10 +98,7 @@ impl Report {
 
     /// Whether some established connection's address mentions `ip` (host part).
     pub fn has_established_to(&self, ip: &str) -> Result<bool> {
-        Ok(self
-            .connections()?
-            .iter()
-            .any(|c| c.is_established() && address_host(&c.address) == ip))
+        Ok(self.connections()?.iter().any(|c| c.is_established() && address_host(&c.address) == ip))
     }
 
     /// `Router.UnicastRoutes[].Dest`.
@@ -135,17 +118,11 @@ impl Report {
 
     /// `Router.Targets`.
     pub fn targets(&self) -> Result<Vec<String>> {
-        Ok(self
-            .array("Targets")?
-            .iter()
-            .filter_map(|t| t.as_str().map(str::to_owned))
-            .collect())
+        Ok(self.array("Targets")?.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
     }
 
     pub fn termination_count(&self) -> Result<u64> {
-        self.field("TerminationCount")?
-            .as_u64()
-            .context("Router.TerminationCount is not a number")
+        self.field("TerminationCount")?.as_u64().context("Router.TerminationCount is not a number")
     }
 }
 

@@ -55,10 +55,7 @@ pub fn http_addr_in(args: &[String]) -> Result<Option<SocketAddr>> {
         } else {
             continue;
         };
-        return value
-            .parse()
-            .map(Some)
-            .with_context(|| format!("--http-addr {value:?} is not an ip:port"));
+        return value.parse().map(Some).with_context(|| format!("--http-addr {value:?} is not an ip:port"));
     }
     Ok(None)
 }
@@ -83,11 +80,8 @@ pub fn spawn_router(
     log: &Path,
     env: &[(String, String)],
 ) -> Result<RouterProcess> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("opening {}", log.display()))?;
+    let mut file =
+        OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
     writeln!(file, "===== harness: starting {} {} =====", bin.display(), args.join(" "))?;
     let bin_s = bin.to_str().context("weft path is not UTF-8")?;
     let mut cmd: Command = ns.command(bin_s, &[]);
@@ -98,6 +92,7 @@ pub fn spawn_router(
         // Own process group: a terminal's Ctrl-C reaches only the test,
         // which then shuts routers down in order.
         .process_group(0);
+    scrub_weft_env(&mut cmd);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
@@ -106,6 +101,16 @@ pub fn spawn_router(
     }
     let child = ManagedChild::spawn(cmd)?;
     Ok(RouterProcess { child, started: Instant::now() })
+}
+
+/// Removes inherited `WEFT_*` variables: the router reads its options from
+/// them, and a stray one in the tester's shell must not change a test.
+pub fn scrub_weft_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WEFT_") {
+            cmd.env_remove(&key);
+        }
+    }
 }
 
 /// Appends a harness marker line to a node log (so restarts and signals are

@@ -140,9 +140,7 @@ fn receive(
     let mut received = 0u64;
     loop {
         remaining(deadline).with_context(|| format!("received {received} of {bytes} bytes"))?;
-        let n = stream
-            .read(&mut got)
-            .with_context(|| format!("read after {received} of {bytes} bytes"))?;
+        let n = stream.read(&mut got).with_context(|| format!("read after {received} of {bytes} bytes"))?;
         if n == 0 {
             break;
         }
@@ -163,9 +161,8 @@ fn receive(
 }
 
 fn send(ip: IpAddr, port_rx: mpsc::Receiver<u16>, bytes: u64, seed: u64, deadline: Instant) -> Result<()> {
-    let port = port_rx
-        .recv_timeout(remaining(deadline)?.min(Duration::from_secs(10)))
-        .context("receiver never listened")?;
+    let port =
+        port_rx.recv_timeout(remaining(deadline)?.min(Duration::from_secs(10))).context("receiver never listened")?;
     let addr = SocketAddr::new(ip, port);
     let mut stream = TcpStream::connect_timeout(&addr, remaining(deadline)?.min(Duration::from_secs(10)))
         .with_context(|| format!("connect {addr}"))?;
@@ -176,9 +173,7 @@ fn send(ip: IpAddr, port_rx: mpsc::Receiver<u16>, bytes: u64, seed: u64, deadlin
         remaining(deadline).with_context(|| format!("sent {sent} of {bytes} bytes"))?;
         let n = (bytes - sent).min(CHUNK as u64) as usize;
         payload_fill(seed, sent, &mut buf[..n]);
-        stream
-            .write_all(&buf[..n])
-            .with_context(|| format!("write after {sent} of {bytes} bytes"))?;
+        stream.write_all(&buf[..n]).with_context(|| format!("write after {sent} of {bytes} bytes"))?;
         sent += n as u64;
     }
     stream.shutdown(Shutdown::Write).context("shutdown")?;

@@ -67,9 +67,9 @@ where
     }
     let waited = start.elapsed();
     Err(match last_err {
-        Some(e) => e.context(format!(
-            "condition not met after {waited:.1?} ({attempts} attempts); last attempt failed"
-        )),
+        Some(e) => {
+            e.context(format!("condition not met after {waited:.1?} ({attempts} attempts); last attempt failed"))
+        }
         None => anyhow!("condition not met after {waited:.1?} ({attempts} attempts)"),
     })
 }
