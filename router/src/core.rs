@@ -146,7 +146,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let (hb_tx, hb_rx) = mpsc::channel(1024);
     let shared = Arc::new(Shared {
         snapshot: RwLock::new(Arc::new(Snapshot::default())),
-        forwarding: RwLock::new(Arc::new(Forwarding::new(name))),
+        forwarding: RwLock::new(Arc::new(Forwarding::default())),
         macs: Mutex::new(MacTable::new(MAC_TTL)),
         metrics: Metrics::default(),
         commands: tx.clone(),
@@ -694,7 +694,9 @@ impl Core {
         tracing::info!("connected to {}({}) at {}", remote.name, remote.nickname, c.addr);
         let mut all = Vec::new();
         self.topology.encode_all(&mut all);
-        c.proto.send(Message::Gossip(all));
+        if let Err(err) = c.proto.send(Message::Gossip(all)) {
+            tracing::error!("topology too large to send to {}: {err}", remote.name);
+        }
         self.local_connections_changed(now);
     }
 
@@ -723,7 +725,9 @@ impl Core {
         self.topology.encode_peers(names, &mut update);
         for (id, c) in self.conns.iter_mut() {
             if Some(*id) != except && c.remote().is_some() {
-                c.proto.send(Message::Gossip(update.clone()));
+                if let Err(err) = c.proto.send(Message::Gossip(update.clone())) {
+                    tracing::error!("gossip update too large for connection {id}: {err}");
+                }
             }
         }
     }
@@ -736,7 +740,7 @@ impl Core {
 
     fn refresh_forwarding(&mut self) {
         let routes = self.topology.routes();
-        let mut fwd = Forwarding::new(self.local.name);
+        let mut fwd = Forwarding::default();
         for c in self.conns.values() {
             let (Some(r), Some(addr)) = (c.remote(), c.udp_addr) else { continue };
             if c.proto.state() == State::Established {
@@ -865,7 +869,6 @@ impl Core {
                     address: c.addr.to_string(),
                     outbound: c.proto.outbound(),
                     state,
-                    peer: c.remote().map(|r| (r.name, r.nickname.clone())),
                     info,
                     overlay: "sleeve",
                     mtu: Some(self.pod_mtu),
@@ -891,7 +894,6 @@ impl Core {
                 address: key.clone(),
                 outbound: true,
                 state,
-                peer: None,
                 info,
                 overlay: "",
                 mtu: None,
@@ -901,19 +903,17 @@ impl Core {
             .shared
             .lock_macs()
             .iter()
-            .filter_map(|(mac, owner, last_seen)| match owner {
-                weft_proto::mac_table::Owner::Peer(p) => Some(MacView {
+            .map(|(mac, owner, last_seen)| {
+                let peer = match owner {
+                    weft_proto::mac_table::Owner::Peer(p) => p,
+                    weft_proto::mac_table::Owner::Local => self.local.name,
+                };
+                MacView {
                     mac: mac.to_string(),
-                    peer: p,
-                    nickname: self.nickname_of(p),
+                    peer,
+                    nickname: self.nickname_of(peer),
                     age_secs: now.saturating_duration_since(last_seen).as_secs(),
-                }),
-                weft_proto::mac_table::Owner::Local => Some(MacView {
-                    mac: mac.to_string(),
-                    peer: self.local.name,
-                    nickname: self.local.nickname.clone(),
-                    age_secs: now.saturating_duration_since(last_seen).as_secs(),
-                }),
+                }
             })
             .collect();
         Snapshot {

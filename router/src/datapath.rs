@@ -47,7 +47,6 @@ impl Neighbour {
 /// core as an immutable snapshot after every topology or connection change.
 #[derive(Debug, Default)]
 pub struct Forwarding {
-    pub local: PeerName,
     pub neighbours: HashMap<PeerName, Neighbour>,
     /// Destination peer → neighbour to send through.
     pub next_hop: HashMap<PeerName, PeerName>,
@@ -56,10 +55,6 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    pub fn new(local: PeerName) -> Self {
-        Forwarding { local, ..Default::default() }
-    }
-
     fn broadcast_hops(&self, source: PeerName) -> &[PeerName] {
         self.broadcast.get(&source).map(Vec::as_slice).unwrap_or(&[])
     }
@@ -97,11 +92,18 @@ struct Encapsulator {
     out: Vec<Box<[u8]>>,
     msgs: Vec<(SocketAddr, usize, usize)>,
     batch: MsgBatch,
+    traffic: TrafficBatch,
 }
 
 impl Encapsulator {
     fn new(local: PeerName) -> Self {
-        Encapsulator { local, out: Vec::new(), msgs: Vec::new(), batch: MsgBatch::new(BATCH) }
+        Encapsulator {
+            local,
+            out: Vec::new(),
+            msgs: Vec::new(),
+            batch: MsgBatch::new(BATCH),
+            traffic: TrafficBatch::default(),
+        }
     }
 
     /// `plan` is sorted by hop here. Frames too big for their hop's path
@@ -113,7 +115,6 @@ impl Encapsulator {
         plan: &mut [Planned],
         frames: &[Box<[u8]>],
         shared: &Shared,
-        traffic: &mut TrafficBatch,
         mut too_big: impl FnMut(&[u8], usize),
     ) {
         if plan.is_empty() {
@@ -156,7 +157,7 @@ impl Encapsulator {
                     let _ = b.push_frame(p.origin, p.dest, frame);
                     builder = Some((idx, b));
                 }
-                traffic.add(hop, Direction::Out, frame.len());
+                self.traffic.add(hop, Direction::Out, frame.len());
             }
             if let Some((idx, b)) = builder.take() {
                 if !b.is_empty() {
@@ -170,6 +171,7 @@ impl Encapsulator {
             shared.metrics.drop(Drop::SendFailed, lost);
             tracing::debug!("sendmmsg: {err} ({lost} datagrams lost)");
         }
+        shared.metrics.flush(&mut self.traffic);
     }
 }
 
@@ -195,7 +197,6 @@ struct TapToUdp {
     plan: Vec<Planned>,
     learned: Vec<(weft_proto::ethernet::MacAddr, Owner)>,
     encap: Encapsulator,
-    traffic: TrafficBatch,
     icmp: Box<[u8]>,
 }
 
@@ -209,7 +210,6 @@ impl TapToUdp {
             plan: Vec::with_capacity(BATCH * 4),
             learned: Vec::with_capacity(BATCH),
             encap: Encapsulator::new(local),
-            traffic: TrafficBatch::default(),
             icmp: vec![0u8; weft_proto::icmp::MAX_REPLY_LEN].into_boxed_slice(),
         }
     }
@@ -233,10 +233,8 @@ impl TapToUdp {
                 &mut self.plan,
                 &self.frames,
                 shared,
-                &mut self.traffic,
                 |frame, max| reply_too_big(shared, tap_ref, icmp, frame, max),
             );
-            self.shared.metrics.flush(&mut self.traffic);
         }
     }
 
@@ -366,7 +364,6 @@ impl UdpToTap {
                 &mut self.plan,
                 &self.bufs,
                 &self.shared,
-                &mut self.traffic,
                 // Relays are re-packed one frame per record: a frame that
                 // fitted the previous hop may not fit the next one.
                 |_, _| self.shared.metrics.drop(Drop::FrameTooBig, 1),
@@ -395,7 +392,7 @@ impl UdpToTap {
                 }
             };
             // Only neighbours with a confirmed sleeve, from their address.
-            if !fwd.neighbours.get(&sender).is_some_and(|n| n.addr.ip() == from.ip()) {
+            if fwd.neighbours.get(&sender).is_none_or(|n| n.addr.ip() != from.ip()) {
                 self.shared.metrics.drop(Drop::UnknownPeer, 1);
                 continue;
             }

@@ -9,7 +9,7 @@ mod core;
 mod datapath;
 mod identity;
 mod metrics;
-#[allow(dead_code)] // veth, route and FDB calls serve the CNI plugin and fast-path issues
+#[allow(dead_code, unused_imports)] // veth, route and FDB calls serve the CNI plugin and fast-path issues
 mod netlink;
 mod path_mtu;
 mod status;

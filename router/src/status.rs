@@ -31,8 +31,6 @@ pub struct ConnView {
     /// Weave's states: "pending", "established" for connections;
     /// "connecting", "retrying", "failed" for targets without one.
     pub state: &'static str,
-    /// Peer name and nickname once the handshake told us.
-    pub peer: Option<(PeerName, String)>,
     /// Free text: the overlay and encryption, or why it failed.
     pub info: String,
     pub overlay: &'static str,

@@ -81,8 +81,8 @@ impl MsgBatch {
     pub fn recv(&mut self, fd: RawFd, bufs: &mut [Box<[u8]>], out: &mut Vec<(usize, SocketAddr)>) -> io::Result<()> {
         out.clear();
         let n = bufs.len().min(self.capacity());
-        for i in 0..n {
-            self.iovs[i] = libc::iovec { iov_base: bufs[i].as_mut_ptr() as *mut _, iov_len: bufs[i].len() };
+        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
+            self.iovs[i] = libc::iovec { iov_base: buf.as_mut_ptr() as *mut _, iov_len: buf.len() };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = &mut self.addrs[i] as *mut _ as *mut libc::c_void;
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
