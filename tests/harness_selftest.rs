@@ -380,3 +380,19 @@ fn in_netns_isolates_threads() {
     assert!(in_netns(c.node_ns(0).name(), || UdpSocket::bind(SocketAddr::from((ip, 0))).is_ok()).unwrap());
     assert!(UdpSocket::bind(SocketAddr::from((ip, 0))).is_err());
 }
+
+#[test]
+fn commands_get_stdin_and_time_bounds() {
+    let c = Cluster::new(1).unwrap();
+    let ns = c.create_netns("cni").unwrap();
+    assert!(ns.path().exists());
+    let out =
+        run_bounded_input(ns.command("cat", &[]), Some(b"{\"cniVersion\":\"1.0.0\"}"), Duration::from_secs(5)).unwrap();
+    assert_eq!(out.stdout, b"{\"cniVersion\":\"1.0.0\"}");
+    let start = Instant::now();
+    let err = run_bounded(ns.command("sleep", &["30"]), Duration::from_millis(300)).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(3), "{err:#}");
+    let name = ns.name().to_owned();
+    drop(ns);
+    assert!(!netns_exists(&name));
+}

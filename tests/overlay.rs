@@ -120,6 +120,11 @@ fn killed_router_is_dropped_from_routes_and_recovers() {
         let pc = c.add_pod(2, pod_ip(2, 0))?;
         pa.ping_ok(pc.ip(), PINGS, REACH)?;
         let name_c = c.report(2)?.name()?;
+        // Otherwise the check below would pass on routes never being reported.
+        for i in [0, 1] {
+            let dests = c.report(i)?.unicast_dests()?;
+            ensure!(dests.contains(&name_c), "node {i} has no unicast route to {name_c} before the kill: {dests:?}");
+        }
 
         let killed = c.kill_router(2)?;
         wait_until(Duration::from_secs(15), Duration::from_millis(100), || {

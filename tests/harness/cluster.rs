@@ -500,6 +500,13 @@ impl Cluster {
         .with_context(|| format!("adding pod {ip} on node {node}"))
     }
 
+    /// An empty namespace (only `lo`, up) named after this cluster, deleted
+    /// when the returned value drops; e.g. for a CNI plugin to fill.
+    pub fn create_netns(&self, tag: &str) -> Result<Netns> {
+        let k = self.next_pod.fetch_add(1, Ordering::Relaxed);
+        Netns::create(format!("{}e{k}{tag}", self.prefix))
+    }
+
     /// A plain host on the underlay (172.31.0.200 and up), not running a router.
     pub fn add_underlay_host(&self) -> Result<UnderlayHost> {
         let k = self.next_host.fetch_add(1, Ordering::Relaxed);

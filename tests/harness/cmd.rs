@@ -69,10 +69,25 @@ pub fn spawn_guarded(cmd: Command) -> Result<Child> {
 }
 
 /// Runs `cmd` to completion, capturing output; SIGKILLs it after `timeout`.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output> {
+pub fn run_bounded(cmd: Command, timeout: Duration) -> Result<Output> {
+    run_bounded_input(cmd, None, timeout)
+}
+
+/// [`run_bounded`] feeding `input` to the command's stdin (e.g. a CNI
+/// plugin's network configuration).
+pub fn run_bounded_input(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output> {
     let what = format!("{cmd:?}");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = spawn_guarded(cmd)?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // A thread, so a child that never reads cannot block us past the timeout.
+        thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+        });
+    }
     let stdout = child.stdout.take().map(drain_in_thread);
     let stderr = child.stderr.take().map(drain_in_thread);
     let deadline = Instant::now() + timeout;

@@ -36,7 +36,7 @@ pub mod underlay_block;
 pub mod wait;
 
 pub use cluster::{node_ip, pod_ip, Cluster, ClusterBuilder, Node, BRIDGE, POD_PREFIX_LEN, WIRE_BRIDGE};
-pub use cmd::{run_bounded, run_ok, spawn_guarded, ManagedChild};
+pub use cmd::{run_bounded, run_bounded_input, run_ok, spawn_guarded, ManagedChild};
 pub use endpoint::{Endpoint, Pod, PodSpec, UnderlayHost};
 pub use http::http_request;
 pub use metrics::{metric_sum, metric_sum_matching};
@@ -44,7 +44,7 @@ pub use netns::{enter_netns, in_netns, spawn_in_netns, Netns};
 pub use ping::{ping, PingStats};
 pub use preflight::require_env;
 pub use report::{ConnectionInfo, Report};
-pub use router::{weft_bin, DEFAULT_HTTP_ADDR, DEFAULT_PORT};
+pub use router::{target_bin, weft_bin, DEFAULT_HTTP_ADDR, DEFAULT_PORT};
 pub use transfer::{payload, payload_fill, tcp_transfer, TransferStats};
 pub use underlay_block::{BlockId, Traffic};
 pub use wait::{stop_waiting, wait_for, wait_until, StopWaiting};

@@ -114,6 +114,11 @@ impl Netns {
         &self.name
     }
 
+    /// `/run/netns/NAME`, the handle CNI plugins and `setns` take.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new(NETNS_DIR).join(&self.name)
+    }
+
     /// Runs `ip -n NAME ARGS...`; returns stdout, errors on failure.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         let mut cmd = ip_cmd(&["-n", &self.name]);

@@ -20,24 +20,30 @@ pub const DEFAULT_HTTP_ADDR: SocketAddr =
 /// The router's default control (TCP) and data (UDP) port.
 pub const DEFAULT_PORT: u16 = 6783;
 
-/// `$WEFT_BIN`, else `weft` next to the directory of the running executable
-/// (`target/<profile>/deps/<test>` and `target/<profile>/examples/<ex>` both
-/// resolve to `target/<profile>/weft`).
+/// `$WEFT_BIN`, else `weft` from the running executable's target directory.
 pub fn weft_bin() -> Result<PathBuf> {
-    let path = match std::env::var_os("WEFT_BIN") {
+    target_bin("weft", "WEFT_BIN")
+}
+
+/// The workspace binary `name`: `$env_override` if set, else `name` next to
+/// the directory of the running executable (`target/<profile>/deps/<test>`
+/// and `target/<profile>/examples/<example>` both resolve to
+/// `target/<profile>/<name>`).
+pub fn target_bin(name: &str, env_override: &str) -> Result<PathBuf> {
+    let path = match std::env::var_os(env_override) {
         Some(p) => PathBuf::from(p),
         None => {
             let exe = std::env::current_exe().context("current_exe")?;
             exe.parent()
                 .and_then(Path::parent)
-                .map(|dir| dir.join("weft"))
+                .map(|dir| dir.join(name))
                 .with_context(|| format!("no grandparent directory for {}", exe.display()))?
         }
     };
     if !path.is_file() {
         bail!(
-            "weft binary not found at {}: run `cargo build --bins` (with --release for release tests) \
-             first, or set WEFT_BIN",
+            "{name} binary not found at {}: run `cargo build --bins` (with --release for release tests) \
+             first, or set {env_override}",
             path.display()
         );
     }
