@@ -253,3 +253,69 @@ fn connect_and_forget_change_targets() {
         Ok(())
     });
 }
+
+/// A pod whose MTU is larger than the sleeve can carry (B is told
+/// `--mtu 1450` on a 1500-byte underlay, where a sleeve datagram holds
+/// frames of at most 1450 bytes, i.e. IP packets of 1436): its oversized
+/// packets are answered with ICMP "fragmentation needed" naming the path's
+/// MTU, counted, and TCP still gets through by path-MTU discovery.
+#[test]
+fn frames_too_big_for_the_path_get_frag_needed() {
+    with_cluster(2, |c| {
+        c.start_router(0, &[], &[])?;
+        c.start_router(1, &["--mtu", "1450"], &[0])?;
+        c.wait_ready_all()?;
+        c.wait_mesh(&[0, 1], CONVERGE)?;
+        let a = c.add_pod(0, pod_ip(0, 0))?;
+        let b = c.add_pod(1, pod_ip(1, 0))?;
+        ensure!(b.mtu() == 1450, "pod on B got MTU {}", b.mtu());
+        ping_both_ways(&a, &b)?;
+
+        // 1422 bytes of payload + 28 of headers = a 1450-byte IP packet, DF set.
+        let dst = a.ip().to_string();
+        let out = b.netns().run(
+            "ping",
+            &["-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", "1422", &dst],
+            Duration::from_secs(15),
+        )?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            text.contains("mtu = 1436") || text.contains("mtu=1436"),
+            "expected ICMP fragmentation-needed with mtu 1436, ping said:\n{text}"
+        );
+        let too_big = metric_sum(&c.metrics(1)?, "weft_drops_total", "frame_too_big");
+        ensure!(too_big >= 1.0, "frame_too_big drops not counted: {too_big}");
+
+        let stats = b.tcp_transfer_to(&a, 5_000_000, Duration::from_secs(60))?;
+        ensure!(stats.bytes == 5_000_000);
+        Ok(())
+    });
+}
+
+/// A link that goes silent (everything dropped on the underlay, no TCP
+/// reset) is detected by the heartbeat timeout: within 10 s A routes to C
+/// through B, and the pods keep talking.
+#[test]
+fn silent_link_times_out_and_traffic_reroutes() {
+    with_cluster(3, |c| {
+        start_routers(c, &[&[], &[0], &[0, 1]])?;
+        c.wait_mesh(&[0, 1, 2], CONVERGE)?;
+        let pa = c.add_pod(0, pod_ip(0, 0))?;
+        let pc = c.add_pod(2, pod_ip(2, 0))?;
+        ping_both_ways(&pa, &pc)?;
+        let b_name = c.report(1)?.name()?;
+        let c_name = c.report(2)?.name()?;
+
+        let _block = c.block_underlay(0, 2)?;
+        let blocked_at = std::time::Instant::now();
+        wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+            let routes = c.report(0)?.unicast_routes()?;
+            Ok(routes.iter().any(|(d, v)| *d == c_name && *v == b_name))
+        })
+        .context("A never routed to C through B")?;
+        let took = blocked_at.elapsed();
+        eprintln!("A rerouted to C via B {took:.2?} after the link went silent");
+        ensure!(took <= Duration::from_millis(10_500), "rerouting took {took:?}, more than 10 s");
+        ping_both_ways(&pa, &pc)
+    });
+}

@@ -15,9 +15,7 @@ fn url(http_addr: &str, path: &str) -> String {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
+    ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(10)).build()
 }
 
 /// Turns an HTTP answer into its body, or an error that says what the

@@ -60,9 +60,8 @@ pub struct Config {
 impl Config {
     pub fn from_args(args: RouterArgs, http_addr: &str) -> anyhow::Result<Config> {
         use anyhow::Context;
-        let http_addr: SocketAddr = http_addr
-            .parse()
-            .with_context(|| format!("--http-addr {http_addr:?} is not an ip:port"))?;
+        let http_addr: SocketAddr =
+            http_addr.parse().with_context(|| format!("--http-addr {http_addr:?} is not an ip:port"))?;
         if args.bridge.is_empty() || args.bridge.len() > 15 {
             anyhow::bail!("--bridge {:?}: interface names are 1 to 15 characters", args.bridge);
         }

@@ -109,20 +109,14 @@ async fn serve(cfg: Config) -> Result<()> {
 
     let underlay_mtu = detect_underlay_mtu(&cfg).await;
     let pod_mtu = cfg.mtu.unwrap_or(crate::path_mtu::overlay_mtu(underlay_mtu, MTU_OVERHEAD));
-    let bridge = nl
-        .ensure_bridge(&cfg.bridge)
-        .await
-        .with_context(|| format!("setting up bridge {}", cfg.bridge))?;
+    let bridge = nl.ensure_bridge(&cfg.bridge).await.with_context(|| format!("setting up bridge {}", cfg.bridge))?;
     if bridge.created {
         nl.set_mtu(bridge.index, pod_mtu).await?;
     }
     let tap_name = format!("{}-tap", &cfg.bridge[..cfg.bridge.len().min(11)]);
     let tap = crate::tap::Tap::open(&tap_name, false).with_context(|| format!("opening TAP {tap_name}"))?;
     tap.set_nonblocking(true)?;
-    let tap_index = nl
-        .link_index(tap.name())
-        .await?
-        .with_context(|| format!("TAP {} vanished", tap.name()))?;
+    let tap_index = nl.link_index(tap.name()).await?.with_context(|| format!("TAP {} vanished", tap.name()))?;
     nl.set_mtu(tap_index, pod_mtu).await?;
     nl.set_master(tap_index, bridge.index).await?;
     nl.set_up(tap_index).await?;
@@ -163,13 +157,7 @@ async fn serve(cfg: Config) -> Result<()> {
     });
 
     let now = Instant::now();
-    let local = LocalPeer {
-        name,
-        nickname: cfg.nickname.clone(),
-        uid,
-        udp_port: cfg.port,
-        features: 0,
-    };
+    let local = LocalPeer { name, nickname: cfg.nickname.clone(), uid, udp_port: cfg.port, features: 0 };
     let mut core = Core {
         topology: Topology::new(name, cfg.nickname.clone(), uid, now),
         local,
@@ -450,8 +438,7 @@ impl Core {
 
     fn handle_sleeve_heartbeat(&mut self, hb: SleeveHeartbeat, now: Instant) {
         let conn = self.conns.values_mut().find(|c| {
-            c.remote().is_some_and(|r| r.name == hb.sender && r.conn_id == hb.conn_id)
-                && c.addr.ip() == hb.from.ip()
+            c.remote().is_some_and(|r| r.name == hb.sender && r.conn_id == hb.conn_id) && c.addr.ip() == hb.from.ip()
         });
         if let Some(c) = conn {
             // Follow the address the peer's datagrams really come from
@@ -524,10 +511,7 @@ impl Core {
             }
         }
         let path_mtu = crate::path_mtu::path_mtu(addr.ip()).unwrap_or(1500);
-        self.conns.insert(
-            id,
-            Conn { proto, addr, origin, writer, reader, udp_addr: None, path_mtu, since: now },
-        );
+        self.conns.insert(id, Conn { proto, addr, origin, writer, reader, udp_addr: None, path_mtu, since: now });
         self.dirty = true;
     }
 
@@ -654,7 +638,7 @@ impl Core {
             .conns
             .iter()
             .find(|(other, c)| **other != id && c.remote().is_some_and(|r| r.name == remote.name))
-            .map(|(other, c)| (*other, c.proto.outbound()));
+            .map(|(other, c)| (*other, c.proto.outbound(), c.remote().map(|r| r.uid)));
         let Some(c) = self.conns.get(&id) else { return };
         let new_outbound = c.proto.outbound();
         if let Origin::Target(key) = &c.origin {
@@ -664,13 +648,11 @@ impl Core {
                 t.backoff.reset();
             }
         }
-        if let Some((other, other_outbound)) = dup {
-            let keep_new = weft_proto::control::keep_new_connection(
-                self.local.name,
-                remote.name,
-                other_outbound,
-                new_outbound,
-            );
+        if let Some((other, other_outbound, other_uid)) = dup {
+            // A new incarnation of the peer always wins: the old connection
+            // belongs to a process that no longer exists.
+            let keep_new = other_uid != Some(remote.uid)
+                || weft_proto::control::keep_new_connection(self.local.name, remote.name, other_outbound, new_outbound);
             let loser = if keep_new { other } else { id };
             // A target whose dial lost stays quiet while the peer is
             // connected; it is not an error.
@@ -753,12 +735,8 @@ impl Core {
             }
         }
         for p in self.topology.peers() {
-            let hops: Vec<PeerName> = routes
-                .broadcast_next_hops(p.name)
-                .iter()
-                .copied()
-                .filter(|h| fwd.neighbours.contains_key(h))
-                .collect();
+            let hops: Vec<PeerName> =
+                routes.broadcast_next_hops(p.name).iter().copied().filter(|h| fwd.neighbours.contains_key(h)).collect();
             if !hops.is_empty() {
                 fwd.broadcast.insert(p.name, hops);
             }
@@ -802,8 +780,7 @@ impl Core {
             }
         }
         // Learned targets go when nobody mentions them and they're idle.
-        self.targets
-            .retain(|key, t| t.user || t.conn.is_some() || t.dialing || wanted.contains_key(key));
+        self.targets.retain(|key, t| t.user || t.conn.is_some() || t.dialing || wanted.contains_key(key));
         self.dirty = true;
     }
 
@@ -876,7 +853,9 @@ impl Core {
             })
             .collect();
         for (key, t) in &self.targets {
-            if t.conn.is_some() || t.peer.is_some_and(|p| self.conns.values().any(|c| c.remote().is_some_and(|r| r.name == p))) {
+            if t.conn.is_some()
+                || t.peer.is_some_and(|p| self.conns.values().any(|c| c.remote().is_some_and(|r| r.name == p)))
+            {
                 continue;
             }
             let (state, info) = if t.is_self {
@@ -890,14 +869,7 @@ impl Core {
                     .unwrap_or_default();
                 ("retrying", format!("{}{retry}", t.last_error.clone().unwrap_or_default()))
             };
-            connections.push(ConnView {
-                address: key.clone(),
-                outbound: true,
-                state,
-                info,
-                overlay: "",
-                mtu: None,
-            });
+            connections.push(ConnView { address: key.clone(), outbound: true, state, info, overlay: "", mtu: None });
         }
         let macs = self
             .shared

@@ -64,9 +64,7 @@ pub fn start(shared: Arc<Shared>, tap: Tap, udp: UdpSocket, local: PeerName) -> 
     let tap = Arc::new(tap);
     let udp = Arc::new(udp);
     let (t, u, s) = (tap.clone(), udp.clone(), shared.clone());
-    std::thread::Builder::new()
-        .name("weft-tap-rx".into())
-        .spawn(move || TapToUdp::new(s, local).run(&t, &u))?;
+    std::thread::Builder::new().name("weft-tap-rx".into()).spawn(move || TapToUdp::new(s, local).run(&t, &u))?;
     std::thread::Builder::new()
         .name("weft-udp-rx".into())
         .spawn(move || UdpToTap::new(shared, local).run(&tap, &udp))?;
@@ -227,14 +225,9 @@ impl TapToUdp {
             self.plan_batch(&fwd);
             let (shared, tap_ref) = (&self.shared, tap);
             let icmp = &mut self.icmp;
-            self.encap.send(
-                udp.as_raw_fd(),
-                &fwd,
-                &mut self.plan,
-                &self.frames,
-                shared,
-                |frame, max| reply_too_big(shared, tap_ref, icmp, frame, max),
-            );
+            self.encap.send(udp.as_raw_fd(), &fwd, &mut self.plan, &self.frames, shared, |frame, max| {
+                reply_too_big(shared, tap_ref, icmp, frame, max)
+            });
         }
     }
 

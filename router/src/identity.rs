@@ -9,18 +9,16 @@ use weft_proto::PeerName;
 const NAME_FILE: &str = "peer-name";
 
 pub fn load_or_create_name(data_dir: &Path, wanted: Option<PeerName>) -> Result<PeerName> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let path = data_dir.join(NAME_FILE);
     if let Some(name) = wanted {
         write_atomic(&path, name.to_string().as_bytes())?;
         return Ok(name);
     }
     match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .with_context(|| format!("{} is corrupt; delete it to get a new name", path.display())),
+        Ok(text) => {
+            text.trim().parse().with_context(|| format!("{} is corrupt; delete it to get a new name", path.display()))
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let name = PeerName::from_random(rand::random());
             write_atomic(&path, name.to_string().as_bytes())?;

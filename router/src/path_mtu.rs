@@ -12,16 +12,8 @@ const ANY_PORT: u16 = 9;
 /// smaller path MTU learnt from ICMP "fragmentation needed".
 pub fn path_mtu(dest: IpAddr) -> io::Result<u32> {
     let (unspecified, level, option) = match dest {
-        IpAddr::V4(_) => (
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            libc::IPPROTO_IP,
-            libc::IP_MTU,
-        ),
-        IpAddr::V6(_) => (
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU,
-        ),
+        IpAddr::V4(_) => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), libc::IPPROTO_IP, libc::IP_MTU),
+        IpAddr::V6(_) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), libc::IPPROTO_IPV6, libc::IPV6_MTU),
     };
     let socket = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
     socket.connect(SocketAddr::new(dest, ANY_PORT))?;
@@ -30,24 +22,12 @@ pub fn path_mtu(dest: IpAddr) -> io::Result<u32> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: IP_MTU / IPV6_MTU write one int; `mtu` is an int and `len`
     // says so. Both outlive the call, and the fd is open.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (&mut mtu as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
+    let rc =
+        unsafe { libc::getsockopt(socket.as_raw_fd(), level, option, (&mut mtu as *mut libc::c_int).cast(), &mut len) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    u32::try_from(mtu).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("kernel reported MTU {mtu}"),
-        )
-    })
+    u32::try_from(mtu).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("kernel reported MTU {mtu}")))
 }
 
 /// The MTU of the interface holding the IPv4 default route, for a router
@@ -77,23 +57,18 @@ mod tests {
 
     #[test]
     fn loopback_path_mtu_is_lo_mtu() {
-        let (Ok(mtu), Ok(flags)) = (
-            std::fs::read_to_string("/sys/class/net/lo/mtu"),
-            std::fs::read_to_string("/sys/class/net/lo/flags"),
-        ) else {
+        let (Ok(mtu), Ok(flags)) =
+            (std::fs::read_to_string("/sys/class/net/lo/mtu"), std::fs::read_to_string("/sys/class/net/lo/flags"))
+        else {
             return; // no sysfs: nothing to compare against
         };
-        let lo_up =
-            u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap() & 1 == 1;
+        let lo_up = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap() & 1 == 1;
         if !lo_up {
             return; // a fresh namespace: no route to 127.0.0.1 at all
         }
         let lo_mtu: u32 = mtu.trim().parse().unwrap();
         // IPv4 caps a route's MTU at 65535, below lo's usual 65536.
-        assert_eq!(
-            path_mtu(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap(),
-            lo_mtu.min(65535)
-        );
+        assert_eq!(path_mtu(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap(), lo_mtu.min(65535));
     }
 
     #[test]

@@ -106,11 +106,8 @@ impl Snapshot {
     }
 
     pub fn render_status(&self) -> String {
-        let established: usize = self
-            .peers
-            .iter()
-            .map(|p| p.connections.iter().filter(|c| c.established).count())
-            .sum();
+        let established: usize =
+            self.peers.iter().map(|p| p.connections.iter().filter(|c| c.established).count()).sum();
         let enabled = |b: bool| if b { "enabled" } else { "disabled" };
         let mut out = String::new();
         let _ = writeln!(out, "        Version: weft {}", env!("CARGO_PKG_VERSION"));
@@ -127,12 +124,7 @@ impl Snapshot {
         let _ = writeln!(out, "  PeerDiscovery: {}", enabled(self.discovery));
         let _ = writeln!(out, "        Targets: {}", self.targets.len());
         let _ = writeln!(out, "    Connections: {}", self.connection_counts());
-        let _ = writeln!(
-            out,
-            "          Peers: {} (with {} established connections)",
-            self.peers.len(),
-            established
-        );
+        let _ = writeln!(out, "          Peers: {} (with {} established connections)", self.peers.len(), established);
         let _ = writeln!(out, "         Bridge: {} (mtu {})", self.bridge, self.mtu);
         out
     }
@@ -158,14 +150,8 @@ impl Snapshot {
     pub fn render_connections(&self) -> String {
         let mut out = String::new();
         for c in &self.connections {
-            let _ = writeln!(
-                out,
-                "{} {:<21}  {:<11} {}",
-                if c.outbound { "->" } else { "<-" },
-                c.address,
-                c.state,
-                c.info
-            );
+            let _ =
+                writeln!(out, "{} {:<21}  {:<11} {}", if c.outbound { "->" } else { "<-" }, c.address, c.state, c.info);
         }
         out
     }
@@ -175,13 +161,8 @@ impl Snapshot {
     }
 
     pub fn report(&self) -> Value {
-        let nick = |name: PeerName| {
-            self.peers
-                .iter()
-                .find(|p| p.name == name)
-                .map(|p| p.nickname.clone())
-                .unwrap_or_default()
-        };
+        let nick =
+            |name: PeerName| self.peers.iter().find(|p| p.name == name).map(|p| p.nickname.clone()).unwrap_or_default();
         let peers: Vec<Value> = self
             .peers
             .iter()

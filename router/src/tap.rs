@@ -25,16 +25,10 @@ impl Tap {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "TAP name {name:?} must be 1 to {} bytes without NUL",
-                    libc::IFNAMSIZ - 1
-                ),
+                format!("TAP name {name:?} must be 1 to {} bytes without NUL", libc::IFNAMSIZ - 1),
             ));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")?;
+        let file = OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
 
         // SAFETY: `ifreq` is plain old data (a char array and a union of
         // integers, sockaddrs and a pointer); all-zero is a valid value.
@@ -62,16 +56,8 @@ impl Tap {
         }
 
         // The kernel wrote back the actual name, NUL-terminated.
-        let name: Vec<u8> = request
-            .ifr_name
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        Ok(Tap {
-            file,
-            name: String::from_utf8_lossy(&name).into_owned(),
-        })
+        let name: Vec<u8> = request.ifr_name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        Ok(Tap { file, name: String::from_utf8_lossy(&name).into_owned() })
     }
 
     /// The device's name in the kernel.
@@ -88,11 +74,7 @@ impl Tap {
         if flags < 0 {
             return Err(io::Error::last_os_error());
         }
-        let flags = if nonblocking {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
+        let flags = if nonblocking { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
         // SAFETY: F_SETFL takes an int of flags, by value.
         if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
             return Err(io::Error::last_os_error());

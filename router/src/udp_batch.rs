@@ -43,7 +43,12 @@ impl MsgBatch {
     /// Sends datagrams `(destination, buffer index, length)` out of `bufs`
     /// with as few syscalls as the kernel allows. Returns how many were
     /// sent; on an error the rest were not.
-    pub fn send(&mut self, fd: RawFd, bufs: &[Box<[u8]>], msgs: &[(SocketAddr, usize, usize)]) -> (usize, Option<io::Error>) {
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        bufs: &[Box<[u8]>],
+        msgs: &[(SocketAddr, usize, usize)],
+    ) -> (usize, Option<io::Error>) {
         let mut sent = 0;
         while sent < msgs.len() {
             let chunk = &msgs[sent..msgs.len().min(sent + self.capacity())];
@@ -94,9 +99,8 @@ impl MsgBatch {
             self.hdrs[i].msg_len = 0;
         }
         // SAFETY: every header points at a live, exclusively borrowed buffer.
-        let got = unsafe {
-            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
-        };
+        let got =
+            unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
         if got < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -175,7 +179,8 @@ mod tests {
         b.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
         let dst = b.local_addr().unwrap();
         let payloads: Vec<Box<[u8]>> = (0..10u8).map(|i| vec![i; 100 + i as usize].into_boxed_slice()).collect();
-        let msgs: Vec<(SocketAddr, usize, usize)> = payloads.iter().enumerate().map(|(i, p)| (dst, i, p.len())).collect();
+        let msgs: Vec<(SocketAddr, usize, usize)> =
+            payloads.iter().enumerate().map(|(i, p)| (dst, i, p.len())).collect();
         let mut batch = MsgBatch::new(4);
         let (sent, err) = batch.send(a.as_raw_fd(), &payloads, &msgs);
         assert_eq!((sent, err.is_none()), (10, true));

@@ -157,13 +157,7 @@ struct Sleeve {
 impl Connection {
     /// A new connection, with our preamble and `Hello` already queued.
     /// `conn_id` should be random; `outbound` is whether we dialled.
-    pub fn new(
-        local: LocalPeer,
-        timers: Timers,
-        conn_id: u64,
-        outbound: bool,
-        now: Instant,
-    ) -> Self {
+    pub fn new(local: LocalPeer, timers: Timers, conn_id: u64, outbound: bool, now: Instant) -> Self {
         let mut transmit = Vec::new();
         write_preamble(&mut transmit, VersionRange::OURS);
         let hello = Hello {
@@ -311,10 +305,7 @@ impl Connection {
         self.held.clear();
     }
 
-    fn close_on_error(
-        &mut self,
-        result: Result<(), ConnectionError>,
-    ) -> Result<(), ConnectionError> {
+    fn close_on_error(&mut self, result: Result<(), ConnectionError>) -> Result<(), ConnectionError> {
         if result.is_err() {
             self.close();
         }
@@ -349,12 +340,7 @@ impl Connection {
         }
     }
 
-    fn complete_handshake(
-        &mut self,
-        now: Instant,
-        hello: Hello,
-        version: u8,
-    ) -> Result<(), ConnectionError> {
+    fn complete_handshake(&mut self, now: Instant, hello: Hello, version: u8) -> Result<(), ConnectionError> {
         if hello.name == self.local_name {
             return Err(ConnectionError::SelfConnection);
         }
@@ -376,12 +362,7 @@ impl Connection {
         self.live = Some(Live {
             remote,
             next_heartbeat: now + self.timers.heartbeat_interval,
-            sleeve: Sleeve {
-                last_received: None,
-                remote_ready: false,
-                next_send: now,
-                send_due: false,
-            },
+            sleeve: Sleeve { last_received: None, remote_ready: false, next_send: now, send_due: false },
         });
         Ok(())
     }
@@ -396,9 +377,7 @@ impl Connection {
                 }
                 self.update_established();
             }
-            Message::Gossip(_) | Message::Other { .. } => {
-                self.events.push_back(Event::Message(msg))
-            }
+            Message::Gossip(_) | Message::Other { .. } => self.events.push_back(Event::Message(msg)),
         }
     }
 
@@ -426,8 +405,7 @@ impl Connection {
 
         let sleeve = &mut live.sleeve;
         sleeve.schedule_send(now, self.timers.sleeve_heartbeat_interval);
-        let lost =
-            sleeve.last_received.is_some_and(|last| now >= last + self.timers.sleeve_timeout);
+        let lost = sleeve.last_received.is_some_and(|last| now >= last + self.timers.sleeve_timeout);
         if lost {
             sleeve.last_received = None;
             queue_control(&mut self.transmit, &Message::SleeveLost);
@@ -616,10 +594,7 @@ mod tests {
         fn advance(&mut self, d: Duration) {
             let end = self.now + d;
             for _ in 0..1_000_000 {
-                let next = [self.a.conn.poll_timeout(), self.b.conn.poll_timeout()]
-                    .into_iter()
-                    .flatten()
-                    .min();
+                let next = [self.a.conn.poll_timeout(), self.b.conn.poll_timeout()].into_iter().flatten().min();
                 let Some(next) = next.filter(|&t| t <= end) else {
                     self.now = end;
                     self.drive();
@@ -702,11 +677,7 @@ mod tests {
     #[test]
     fn messages_sent_before_handshake_follow_it_in_order() {
         let mut pair = Pair::new(peer(1), peer(2));
-        let sent = [
-            Message::Gossip(vec![1]),
-            Message::Other { tag: 250, body: vec![9, 9] },
-            Message::Gossip(vec![]),
-        ];
+        let sent = [Message::Gossip(vec![1]), Message::Other { tag: 250, body: vec![9, 9] }, Message::Gossip(vec![])];
         for msg in &sent {
             pair.a.conn.send(msg.clone()).expect("small");
         }
@@ -741,9 +712,7 @@ mod tests {
         pair.tcp_b_to_a = false;
         pair.advance(timeout * 2);
         let (at, err) = pair.a.error.clone().expect("a timed out");
-        assert!(
-            matches!(err, ConnectionError::HeartbeatTimeout { silent_for } if silent_for == timeout)
-        );
+        assert!(matches!(err, ConnectionError::HeartbeatTimeout { silent_for } if silent_for == timeout));
         assert!(at - silence_from <= timeout, "took {:?}", at - silence_from);
         assert_eq!(pair.a.conn.state(), State::Closed);
         assert_eq!(pair.a.conn.poll_timeout(), None);
@@ -758,10 +727,7 @@ mod tests {
         pair.advance(Duration::from_secs(60));
         let after = Timers::default().handshake_timeout;
         for side in [&pair.a, &pair.b] {
-            assert_eq!(
-                side.error,
-                Some((pair.start + after, ConnectionError::HandshakeTimeout { after }))
-            );
+            assert_eq!(side.error, Some((pair.start + after, ConnectionError::HandshakeTimeout { after })));
         }
     }
 
@@ -783,10 +749,7 @@ mod tests {
         }
 
         pair.advance(Duration::from_secs(60));
-        assert!(
-            pair.a.events.is_empty() && pair.b.events.is_empty(),
-            "stable while heartbeats flow"
-        );
+        assert!(pair.a.events.is_empty() && pair.b.events.is_empty(), "stable while heartbeats flow");
 
         pair.udp_b_to_a = false;
         let lost_at = pair.now;
@@ -847,10 +810,7 @@ mod tests {
             conn.handle_input(now, &input),
             Err(ConnectionError::Handshake(HandshakeError::VersionMismatch {
                 ours: VersionRange::OURS,
-                theirs: VersionRange {
-                    min: PROTOCOL_MAX_VERSION + 1,
-                    max: PROTOCOL_MAX_VERSION + 3
-                },
+                theirs: VersionRange { min: PROTOCOL_MAX_VERSION + 1, max: PROTOCOL_MAX_VERSION + 3 },
             }))
         );
         assert_eq!(conn.state(), State::Closed);
@@ -901,10 +861,7 @@ mod tests {
         };
         let mut conn = established();
         conn.handle_input(now, &[0, 0]).expect("a partial length prefix just waits");
-        assert!(matches!(
-            conn.handle_input(now, &[0, 0]),
-            Err(ConnectionError::Decode(DecodeError::Truncated { .. }))
-        ));
+        assert!(matches!(conn.handle_input(now, &[0, 0]), Err(ConnectionError::Decode(DecodeError::Truncated { .. }))));
         assert_eq!(conn.state(), State::Closed);
 
         let mut conn = established();
@@ -935,11 +892,7 @@ mod tests {
     }
 
     /// Feeds `stream` to a fresh connection in pieces cut at `cuts`.
-    fn feed(
-        stream: &[u8],
-        cuts: &[usize],
-        now: Instant,
-    ) -> (Vec<Event>, Result<(), ConnectionError>) {
+    fn feed(stream: &[u8], cuts: &[usize], now: Instant) -> (Vec<Event>, Result<(), ConnectionError>) {
         let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now);
         let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
         cuts.push(stream.len());

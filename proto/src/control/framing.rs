@@ -24,10 +24,7 @@ fn check_len(len: usize) -> Result<(), FrameError> {
 
 /// Appends one frame whose body `encode_body` writes. On error `out` is
 /// left as it was, so the encoder never emits a frame the decoder rejects.
-pub fn write_frame(
-    out: &mut Vec<u8>,
-    encode_body: impl FnOnce(&mut Writer<'_>),
-) -> Result<(), FrameError> {
+pub fn write_frame(out: &mut Vec<u8>, encode_body: impl FnOnce(&mut Writer<'_>)) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; LEN_PREFIX]);
     encode_body(&mut Writer::new(out));
@@ -115,10 +112,7 @@ mod tests {
         decoder.push(&len.to_be_bytes()[..3]);
         assert_eq!(decoder.next_frame(), Ok(None));
         decoder.push(&len.to_be_bytes()[3..]);
-        assert_eq!(
-            decoder.next_frame(),
-            Err(FrameError::Oversized { len: MAX_MESSAGE_LEN + 1, max: MAX_MESSAGE_LEN })
-        );
+        assert_eq!(decoder.next_frame(), Err(FrameError::Oversized { len: MAX_MESSAGE_LEN + 1, max: MAX_MESSAGE_LEN }));
     }
 
     #[test]
@@ -133,10 +127,7 @@ mod tests {
         let err = write_frame(&mut out, |w| {
             w.bytes(&body).u8(0);
         });
-        assert_eq!(
-            err,
-            Err(FrameError::Oversized { len: MAX_MESSAGE_LEN + 1, max: MAX_MESSAGE_LEN })
-        );
+        assert_eq!(err, Err(FrameError::Oversized { len: MAX_MESSAGE_LEN + 1, max: MAX_MESSAGE_LEN }));
         assert_eq!(out, [1, 2, 3]);
     }
 

@@ -46,8 +46,7 @@ pub struct VersionRange {
 }
 
 impl VersionRange {
-    pub const OURS: VersionRange =
-        VersionRange { min: PROTOCOL_MIN_VERSION, max: PROTOCOL_MAX_VERSION };
+    pub const OURS: VersionRange = VersionRange { min: PROTOCOL_MIN_VERSION, max: PROTOCOL_MAX_VERSION };
 
     /// The highest version both ranges contain. An inverted range (min >
     /// max) contains nothing, so never negotiates.
@@ -199,28 +198,23 @@ mod tests {
     fn bad_magic_fails_on_first_wrong_byte() {
         let mut reader = PreambleReader::new();
         let mut input: &[u8] = b"GET / HTTP/1.1\r\n";
-        assert_eq!(
-            reader.read(&mut input),
-            Err(HandshakeError::BadMagic { received: b"G".to_vec() })
-        );
+        assert_eq!(reader.read(&mut input), Err(HandshakeError::BadMagic { received: b"G".to_vec() }));
         let mut reader = PreambleReader::new();
         let mut input: &[u8] = b"wefT";
-        assert_eq!(
-            reader.read(&mut input),
-            Err(HandshakeError::BadMagic { received: b"wefT".to_vec() })
-        );
+        assert_eq!(reader.read(&mut input), Err(HandshakeError::BadMagic { received: b"wefT".to_vec() }));
     }
 
     fn arb_hello() -> impl Strategy<Value = Hello> {
-        (any::<[u8; 6]>(), "\\PC{0,60}", any::<u64>(), any::<u64>(), any::<u16>(), any::<u32>())
-            .prop_map(|(name, nickname, uid, conn_id, udp_port, features)| Hello {
+        (any::<[u8; 6]>(), "\\PC{0,60}", any::<u64>(), any::<u64>(), any::<u16>(), any::<u32>()).prop_map(
+            |(name, nickname, uid, conn_id, udp_port, features)| Hello {
                 name: PeerName::from_bytes(name),
                 nickname,
                 uid,
                 conn_id,
                 udp_port,
                 features,
-            })
+            },
+        )
     }
 
     proptest! {

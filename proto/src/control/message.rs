@@ -113,10 +113,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_tags_surface_with_their_body() {
-        assert_eq!(
-            Message::decode(&[200, 1, 2]),
-            Ok(Message::Other { tag: 200, body: vec![1, 2] })
-        );
+        assert_eq!(Message::decode(&[200, 1, 2]), Ok(Message::Other { tag: 200, body: vec![1, 2] }));
     }
 
     proptest! {

@@ -20,12 +20,7 @@ use crate::PeerName;
 ///
 /// Self-connections are rejected during the handshake and never get here;
 /// for `local == remote` this keeps the existing connection.
-pub fn keep_new_connection(
-    local: PeerName,
-    remote: PeerName,
-    existing_outbound: bool,
-    new_outbound: bool,
-) -> bool {
+pub fn keep_new_connection(local: PeerName, remote: PeerName, existing_outbound: bool, new_outbound: bool) -> bool {
     if existing_outbound == new_outbound {
         return true;
     }

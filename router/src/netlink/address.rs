@@ -11,34 +11,17 @@ use super::{Netlink, NetlinkError};
 impl Netlink {
     /// Adds `addr/prefix` to the link; an address already there is success,
     /// so setup can be re-run after a restart.
-    pub async fn add_address(
-        &self,
-        index: u32,
-        addr: IpAddr,
-        prefix: u8,
-    ) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .address()
-            .add(index, addr, prefix)
-            .execute()
-            .await
-        {
-            Err(err) if errno_of(&err) != Some(libc::EEXIST) => Err(NetlinkError::request(
-                format!("add address {addr}/{prefix} to ifindex {index}"),
-                err,
-            )),
+    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        match self.handle.address().add(index, addr, prefix).execute().await {
+            Err(err) if errno_of(&err) != Some(libc::EEXIST) => {
+                Err(NetlinkError::request(format!("add address {addr}/{prefix} to ifindex {index}"), err))
+            }
             _ => Ok(()),
         }
     }
 
     /// Removes `addr/prefix` from the link; `Ok(false)` if it was not there.
-    pub async fn del_address(
-        &self,
-        index: u32,
-        addr: IpAddr,
-        prefix: u8,
-    ) -> Result<bool, NetlinkError> {
+    pub async fn del_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
         let op = || format!("delete address {addr}/{prefix} from ifindex {index}");
         let found = self
             .handle
@@ -71,9 +54,7 @@ impl Netlink {
             .execute()
             .try_collect::<Vec<_>>()
             .await
-            .map_err(|err| {
-                NetlinkError::request(format!("list addresses of ifindex {index}"), err)
-            })?;
+            .map_err(|err| NetlinkError::request(format!("list addresses of ifindex {index}"), err))?;
         Ok(messages.iter().filter_map(local_address).collect())
     }
 }

@@ -21,11 +21,7 @@ pub enum NetlinkError {
     Protocol { op: String, detail: String },
 
     #[error("link {name:?} already exists as a {found}, not a {wanted}")]
-    WrongKind {
-        name: String,
-        wanted: LinkKind,
-        found: LinkKind,
-    },
+    WrongKind { name: String, wanted: LinkKind, found: LinkKind },
 
     /// A request we refused to send because its parts do not fit together
     /// (e.g. an IPv6 gateway for an IPv4 prefix longer than 32 bits).
@@ -43,10 +39,7 @@ impl NetlinkError {
     pub(super) fn request(op: String, err: rtnetlink::Error) -> Self {
         match errno_of(&err) {
             Some(errno) => NetlinkError::Kernel { op, errno },
-            None => NetlinkError::Protocol {
-                op,
-                detail: err.to_string(),
-            },
+            None => NetlinkError::Protocol { op, detail: err.to_string() },
         }
     }
 

@@ -31,13 +31,9 @@ impl FdbEntry {
         message.header.state = NeighbourState::Permanent;
         // NTF_SELF: the device's own table, not the bridge it is a port of.
         message.header.flags = NeighbourFlags::Own;
-        message
-            .attributes
-            .push(NeighbourAttribute::LinkLayerAddress(self.mac.to_vec()));
+        message.attributes.push(NeighbourAttribute::LinkLayerAddress(self.mac.to_vec()));
         if let Some(dst) = self.dst {
-            message
-                .attributes
-                .push(NeighbourAttribute::Destination(dst.into()));
+            message.attributes.push(NeighbourAttribute::Destination(dst.into()));
         }
         message
     }
@@ -48,9 +44,7 @@ impl FdbEntry {
         let mut dst = None;
         for attribute in &message.attributes {
             match attribute {
-                NeighbourAttribute::LinkLayerAddress(bytes) => {
-                    mac = <[u8; 6]>::try_from(bytes.as_slice()).ok()
-                }
+                NeighbourAttribute::LinkLayerAddress(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
                 NeighbourAttribute::Destination(address) => dst = ip_of(address),
                 _ => {}
             }
@@ -80,9 +74,7 @@ fn ip_of(address: &NeighbourAddress) -> Option<IpAddr> {
             if let Ok(v4) = <[u8; 4]>::try_from(bytes.as_slice()) {
                 Some(IpAddr::V4(Ipv4Addr::from(v4)))
             } else {
-                <[u8; 16]>::try_from(bytes.as_slice())
-                    .ok()
-                    .map(|v6| IpAddr::V6(Ipv6Addr::from(v6)))
+                <[u8; 16]>::try_from(bytes.as_slice()).ok().map(|v6| IpAddr::V6(Ipv6Addr::from(v6)))
             }
         }
         _ => None,
@@ -98,9 +90,7 @@ impl Netlink {
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
         )
         .await
-        .map_err(|err| {
-            NetlinkError::request(format!("add fdb entry {entry} on ifindex {index}"), err)
-        })
+        .map_err(|err| NetlinkError::request(format!("add fdb entry {entry} on ifindex {index}"), err))
     }
 
     /// Adds `entry.dst` to the destinations of `entry.mac`, keeping the
@@ -114,10 +104,9 @@ impl Netlink {
             )
             .await
         {
-            Err(err) if errno_of(&err) != Some(libc::EEXIST) => Err(NetlinkError::request(
-                format!("append fdb entry {entry} on ifindex {index}"),
-                err,
-            )),
+            Err(err) if errno_of(&err) != Some(libc::EEXIST) => {
+                Err(NetlinkError::request(format!("append fdb entry {entry} on ifindex {index}"), err))
+            }
             _ => Ok(()),
         }
     }
@@ -125,19 +114,10 @@ impl Netlink {
     /// Removes `entry` (with `dst: None`, every destination of the MAC);
     /// `Ok(false)` if it was not there.
     pub async fn fdb_del(&self, index: u32, entry: &FdbEntry) -> Result<bool, NetlinkError> {
-        match self
-            .acked(
-                RouteNetlinkMessage::DelNeighbour(entry.message(index)),
-                NLM_F_REQUEST | NLM_F_ACK,
-            )
-            .await
-        {
+        match self.acked(RouteNetlinkMessage::DelNeighbour(entry.message(index)), NLM_F_REQUEST | NLM_F_ACK).await {
             Ok(()) => Ok(true),
             Err(err) if errno_of(&err) == Some(libc::ENOENT) => Ok(false),
-            Err(err) => Err(NetlinkError::request(
-                format!("delete fdb entry {entry} on ifindex {index}"),
-                err,
-            )),
+            Err(err) => Err(NetlinkError::request(format!("delete fdb entry {entry} on ifindex {index}"), err)),
         }
     }
 
@@ -154,10 +134,7 @@ impl Netlink {
             .map_err(|err| NetlinkError::request(format!("list fdb of ifindex {index}"), err))?;
         Ok(messages
             .iter()
-            .filter(|message| {
-                message.header.ifindex == index
-                    && message.header.flags.contains(NeighbourFlags::Own)
-            })
+            .filter(|message| message.header.ifindex == index && message.header.flags.contains(NeighbourFlags::Own))
             .filter_map(FdbEntry::parse)
             .collect())
     }
@@ -170,15 +147,8 @@ mod tests {
 
     #[test]
     fn entry_survives_message_roundtrip() {
-        for dst in [
-            None,
-            Some("10.0.0.2".parse().unwrap()),
-            Some("fd00::2".parse().unwrap()),
-        ] {
-            let entry = FdbEntry {
-                mac: [2, 0, 0, 0, 0, 0xa],
-                dst,
-            };
+        for dst in [None, Some("10.0.0.2".parse().unwrap()), Some("fd00::2".parse().unwrap())] {
+            let entry = FdbEntry { mac: [2, 0, 0, 0, 0, 0xa], dst };
             let message = entry.message(9);
             assert_eq!(message.header.ifindex, 9);
             assert!(message.header.flags.contains(NeighbourFlags::Own));
@@ -188,35 +158,24 @@ mod tests {
 
     #[test]
     fn dumped_destination_is_typed_by_length() {
-        assert_eq!(
-            ip_of(&NeighbourAddress::Other(vec![10, 0, 0, 1])),
-            Some("10.0.0.1".parse().unwrap())
-        );
+        assert_eq!(ip_of(&NeighbourAddress::Other(vec![10, 0, 0, 1])), Some("10.0.0.1".parse().unwrap()));
         let mut v6 = vec![0; 16];
         v6[0] = 0xfd;
         v6[15] = 1;
-        assert_eq!(
-            ip_of(&NeighbourAddress::Other(v6)),
-            Some("fd00::1".parse().unwrap())
-        );
+        assert_eq!(ip_of(&NeighbourAddress::Other(v6)), Some("fd00::1".parse().unwrap()));
         assert_eq!(ip_of(&NeighbourAddress::Other(vec![1, 2, 3])), None);
     }
 
     #[test]
     fn entry_without_mac_is_skipped() {
         let mut message = NeighbourMessage::default();
-        message
-            .attributes
-            .push(NeighbourAttribute::LinkLayerAddress(vec![1, 2, 3]));
+        message.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![1, 2, 3]));
         assert_eq!(FdbEntry::parse(&message), None);
     }
 
     #[test]
     fn display_is_bridge_fdb_like() {
-        let entry = FdbEntry {
-            mac: [0, 0, 0, 0, 0, 0],
-            dst: Some("10.0.0.3".parse().unwrap()),
-        };
+        let entry = FdbEntry { mac: [0, 0, 0, 0, 0, 0], dst: Some("10.0.0.3".parse().unwrap()) };
         assert_eq!(entry.to_string(), "00:00:00:00:00:00 dst 10.0.0.3");
     }
 }

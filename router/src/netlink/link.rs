@@ -134,15 +134,13 @@ impl Netlink {
     /// The link called `name`, or `None` if there is none.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkDetails>, NetlinkError> {
         let request = self.handle.link().get().match_name(name);
-        self.get_link(request, || format!("look up link {name:?}"))
-            .await
+        self.get_link(request, || format!("look up link {name:?}")).await
     }
 
     /// The link with ifindex `index`, or `None` if there is none.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkDetails>, NetlinkError> {
         let request = self.handle.link().get().match_index(index);
-        self.get_link(request, || format!("look up ifindex {index}"))
-            .await
+        self.get_link(request, || format!("look up ifindex {index}")).await
     }
 
     async fn get_link(
@@ -161,10 +159,7 @@ impl Netlink {
     async fn existing_link(&self, index: u32) -> Result<LinkDetails, NetlinkError> {
         self.link_by_index(index)
             .await?
-            .ok_or_else(|| NetlinkError::Kernel {
-                op: format!("look up ifindex {index}"),
-                errno: libc::ENODEV,
-            })
+            .ok_or_else(|| NetlinkError::Kernel { op: format!("look up ifindex {index}"), errno: libc::ENODEV })
     }
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
@@ -181,13 +176,10 @@ impl Netlink {
     }
 
     pub async fn link_mac(&self, index: u32) -> Result<[u8; 6], NetlinkError> {
-        self.existing_link(index)
-            .await?
-            .mac
-            .ok_or_else(|| NetlinkError::BadReply {
-                op: format!("read MAC of ifindex {index}"),
-                problem: "no 6-byte hardware address".to_owned(),
-            })
+        self.existing_link(index).await?.mac.ok_or_else(|| NetlinkError::BadReply {
+            op: format!("read MAC of ifindex {index}"),
+            problem: "no 6-byte hardware address".to_owned(),
+        })
     }
 
     /// Finds or creates the bridge `name` (created up). An existing link of
@@ -195,67 +187,36 @@ impl Netlink {
     /// delete: it may belong to someone else.
     pub async fn ensure_bridge(&self, name: &str) -> Result<Link, NetlinkError> {
         if let Some(index) = self.existing_of_kind(name, LinkKind::Bridge).await? {
-            return Ok(Link {
-                index,
-                created: false,
-            });
+            return Ok(Link { index, created: false });
         }
-        match self
-            .handle
-            .link()
-            .add(LinkBridge::new(name).build())
-            .execute()
-            .await
-        {
-            Ok(()) => Ok(Link {
-                index: self.created_index(name).await?,
-                created: true,
-            }),
+        match self.handle.link().add(LinkBridge::new(name).build()).execute().await {
+            Ok(()) => Ok(Link { index: self.created_index(name).await?, created: true }),
             // Another process created it between our look-up and our add.
             Err(err) if errno_of(&err) == Some(libc::EEXIST) => {
                 match self.existing_of_kind(name, LinkKind::Bridge).await? {
-                    Some(index) => Ok(Link {
-                        index,
-                        created: false,
-                    }),
-                    None => Err(NetlinkError::request(
-                        format!("create bridge {name:?}"),
-                        err,
-                    )),
+                    Some(index) => Ok(Link { index, created: false }),
+                    None => Err(NetlinkError::request(format!("create bridge {name:?}"), err)),
                 }
             }
-            Err(err) => Err(NetlinkError::request(
-                format!("create bridge {name:?}"),
-                err,
-            )),
+            Err(err) => Err(NetlinkError::request(format!("create bridge {name:?}"), err)),
         }
     }
 
     /// The index of the link `name` if it exists and is of kind `wanted`.
-    async fn existing_of_kind(
-        &self,
-        name: &str,
-        wanted: LinkKind,
-    ) -> Result<Option<u32>, NetlinkError> {
+    async fn existing_of_kind(&self, name: &str, wanted: LinkKind) -> Result<Option<u32>, NetlinkError> {
         match self.link_by_name(name).await? {
             None => Ok(None),
             Some(link) if link.kind == wanted => Ok(Some(link.index)),
-            Some(link) => Err(NetlinkError::WrongKind {
-                name: name.to_owned(),
-                wanted,
-                found: link.kind,
-            }),
+            Some(link) => Err(NetlinkError::WrongKind { name: name.to_owned(), wanted, found: link.kind }),
         }
     }
 
     /// The index of a link we just created.
     async fn created_index(&self, name: &str) -> Result<u32, NetlinkError> {
-        self.link_index(name)
-            .await?
-            .ok_or_else(|| NetlinkError::BadReply {
-                op: format!("create link {name:?}"),
-                problem: "link vanished right after creation".to_owned(),
-            })
+        self.link_index(name).await?.ok_or_else(|| NetlinkError::BadReply {
+            op: format!("create link {name:?}"),
+            problem: "link vanished right after creation".to_owned(),
+        })
     }
 
     /// Creates a veth pair (both ends down); returns the index of `name`.
@@ -265,9 +226,7 @@ impl Netlink {
             .add(LinkVeth::new(name, peer).build())
             .execute()
             .await
-            .map_err(|err| {
-                NetlinkError::request(format!("create veth {name:?} (peer {peer:?})"), err)
-            })?;
+            .map_err(|err| NetlinkError::request(format!("create veth {name:?} (peer {peer:?})"), err))?;
         self.created_index(name).await
     }
 
@@ -276,9 +235,7 @@ impl Netlink {
     pub async fn create_vxlan(&self, spec: &VxlanSpec<'_>) -> Result<u32, NetlinkError> {
         let mut builder = match spec.vni {
             VxlanVni::Fixed(vni) => LinkVxlan::new(spec.name, vni),
-            VxlanVni::External => {
-                LinkMessageBuilder::<LinkVxlan>::new(spec.name).collect_metadata(true)
-            }
+            VxlanVni::External => LinkMessageBuilder::<LinkVxlan>::new(spec.name).collect_metadata(true),
         }
         .port(spec.dstport)
         .learning(spec.learning);
@@ -300,72 +257,50 @@ impl Netlink {
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
-        self.change(LinkUnspec::new_with_index(index).up().build(), || {
-            format!("set ifindex {index} up")
-        })
-        .await
+        self.change(LinkUnspec::new_with_index(index).up().build(), || format!("set ifindex {index} up")).await
     }
 
     pub async fn set_down(&self, index: u32) -> Result<(), NetlinkError> {
-        self.change(LinkUnspec::new_with_index(index).down().build(), || {
-            format!("set ifindex {index} down")
-        })
-        .await
+        self.change(LinkUnspec::new_with_index(index).down().build(), || format!("set ifindex {index} down")).await
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
-        self.change(LinkUnspec::new_with_index(index).mtu(mtu).build(), || {
-            format!("set mtu {mtu} on ifindex {index}")
-        })
-        .await
+        self.change(LinkUnspec::new_with_index(index).mtu(mtu).build(), || format!("set mtu {mtu} on ifindex {index}"))
+            .await
     }
 
     /// Sets the Ethernet address. Pinning a bridge's MAC stops the kernel
     /// from changing it whenever a port joins or leaves.
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
-        self.change(
-            LinkUnspec::new_with_index(index)
-                .address(mac.to_vec())
-                .build(),
-            || format!("set MAC on ifindex {index}"),
-        )
+        self.change(LinkUnspec::new_with_index(index).address(mac.to_vec()).build(), || {
+            format!("set MAC on ifindex {index}")
+        })
         .await
     }
 
     /// Enslaves `index` to the bridge `master_index` (`ip link set master`).
     pub async fn set_master(&self, index: u32, master_index: u32) -> Result<(), NetlinkError> {
-        self.change(
-            LinkUnspec::new_with_index(index)
-                .controller(master_index)
-                .build(),
-            || format!("attach ifindex {index} to ifindex {master_index}"),
-        )
+        self.change(LinkUnspec::new_with_index(index).controller(master_index).build(), || {
+            format!("attach ifindex {index} to ifindex {master_index}")
+        })
         .await
     }
 
     /// Renames a link; the kernel requires it to be down.
     pub async fn rename(&self, index: u32, new_name: &str) -> Result<(), NetlinkError> {
-        self.change(
-            LinkUnspec::new_with_index(index).name(new_name).build(),
-            || format!("rename ifindex {index} to {new_name:?}"),
-        )
+        self.change(LinkUnspec::new_with_index(index).name(new_name).build(), || {
+            format!("rename ifindex {index} to {new_name:?}")
+        })
         .await
     }
 
     /// Moves a link into the network namespace `netns` (an open
     /// `/proc/PID/ns/net` or `/var/run/netns/NAME`). Its index there may
     /// differ: look it up by name from a connection inside that namespace.
-    pub async fn move_to_netns(
-        &self,
-        index: u32,
-        netns: BorrowedFd<'_>,
-    ) -> Result<(), NetlinkError> {
-        self.change(
-            LinkUnspec::new_with_index(index)
-                .setns_by_fd(netns.as_raw_fd())
-                .build(),
-            || format!("move ifindex {index} to another netns"),
-        )
+    pub async fn move_to_netns(&self, index: u32, netns: BorrowedFd<'_>) -> Result<(), NetlinkError> {
+        self.change(LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build(), || {
+            format!("move ifindex {index} to another netns")
+        })
         .await
     }
 
@@ -378,12 +313,7 @@ impl Netlink {
             .set_port(message)
             .execute()
             .await
-            .map_err(|err| {
-                NetlinkError::request(
-                    format!("set hairpin {on} on bridge port ifindex {index}"),
-                    err,
-                )
-            })
+            .map_err(|err| NetlinkError::request(format!("set hairpin {on} on bridge port ifindex {index}"), err))
     }
 
     /// Deletes the link `name`; `Ok(false)` if there was none.
@@ -400,17 +330,8 @@ impl Netlink {
     }
 
     /// `ip link set`: RTM_NEWLINK on an existing link.
-    async fn change(
-        &self,
-        message: LinkMessage,
-        op: impl FnOnce() -> String,
-    ) -> Result<(), NetlinkError> {
-        self.handle
-            .link()
-            .change(message)
-            .execute()
-            .await
-            .map_err(|err| NetlinkError::request(op(), err))
+    async fn change(&self, message: LinkMessage, op: impl FnOnce() -> String) -> Result<(), NetlinkError> {
+        self.handle.link().change(message).execute().await.map_err(|err| NetlinkError::request(op(), err))
     }
 }
 
@@ -463,9 +384,6 @@ mod tests {
 
     #[test]
     fn kindless_link_is_a_plain_device() {
-        assert_eq!(
-            LinkDetails::from(LinkMessage::default()).kind,
-            LinkKind::Device
-        );
+        assert_eq!(LinkDetails::from(LinkMessage::default()).kind, LinkKind::Device);
     }
 }

@@ -36,19 +36,14 @@ impl Netlink {
     /// Opens a NETLINK_ROUTE socket in the current network namespace and
     /// spawns its I/O task on the ambient tokio runtime.
     pub async fn connect() -> Result<Self, NetlinkError> {
-        let (connection, handle, _unsolicited) =
-            rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        let (connection, handle, _unsolicited) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
         let connection = tokio::spawn(connection);
         Ok(Netlink { handle, connection })
     }
 
     /// Sends one request and waits for the kernel's ACK, for the few
     /// requests whose header flags rtnetlink's builders cannot express.
-    async fn acked(
-        &self,
-        message: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<(), rtnetlink::Error> {
+    async fn acked(&self, message: RouteNetlinkMessage, flags: u16) -> Result<(), rtnetlink::Error> {
         let mut request = NetlinkMessage::from(message);
         request.header.flags = flags;
         let mut replies = self.handle.clone().request(request)?;

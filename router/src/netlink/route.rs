@@ -83,12 +83,7 @@ mod tests {
 
     #[test]
     fn mismatched_route_is_refused_before_sending() {
-        let route = RouteSpec {
-            destination: "10.0.0.0".parse().unwrap(),
-            prefix: 33,
-            gateway: None,
-            device: None,
-        };
+        let route = RouteSpec { destination: "10.0.0.0".parse().unwrap(), prefix: 33, gateway: None, device: None };
         assert!(matches!(route.message(), Err(NetlinkError::Invalid { .. })));
         let route = RouteSpec {
             destination: "fd00::".parse().unwrap(),
@@ -101,12 +96,7 @@ mod tests {
 
     #[test]
     fn device_route_is_link_scoped() {
-        let route = RouteSpec {
-            destination: "10.32.0.0".parse().unwrap(),
-            prefix: 12,
-            gateway: None,
-            device: Some(4),
-        };
+        let route = RouteSpec { destination: "10.32.0.0".parse().unwrap(), prefix: 12, gateway: None, device: Some(4) };
         assert_eq!(route.message().unwrap().header.scope, RouteScope::Link);
         assert_eq!(route.to_string(), "10.32.0.0/12 dev ifindex 4");
     }
