@@ -10,6 +10,7 @@ pub mod codec;
 pub mod control;
 pub mod ethernet;
 pub mod icmp;
+pub mod ipam;
 pub mod mac_table;
 pub mod peer_name;
 pub mod sleeve;

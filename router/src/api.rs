@@ -3,7 +3,13 @@
 //! commands to the control core.
 
 use crate::core::{Command, Shared};
-use axum::extract::{RawForm, State};
+use crate::ipam::IpamReply;
+use axum::extract::{ConnectInfo, Query, RawForm, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +26,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
+        .route("/status/ipam", get(status_ipam))
+        .route("/rmpeer", post(rmpeer))
+        .route("/ipam/allocate", post(ipam_allocate))
+        .route("/ipam/release", post(ipam_release))
+        .route("/ipam/lookup", get(ipam_lookup))
+        .route("/ipam/gc", post(ipam_gc))
+        .route("/ipam/status", get(ipam_status))
+        .route("/ip/{id}", post(weave_ip_allocate).delete(weave_ip_release))
         .with_state(shared)
 }
 
@@ -59,6 +73,208 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let gauges = s.snapshot().gauges();
     ([("content-type", "text/plain; version=0.0.4")], s.metrics.render(&gauges)).into_response()
+}
+
+async fn status_ipam(State(s): State<Arc<Shared>>) -> Response {
+    render(&s, |s| s.ipam_text.clone())
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// Asks the core and waits for its answer.
+async fn ask<T>(s: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    s.command(make(tx));
+    rx.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "weft router is shutting down"))
+}
+
+/// The IPAM endpoints hand out and free addresses: only processes on this
+/// node (the CNI plugin) may use them, even if --http-addr is widened.
+fn local_only(peer: SocketAddr) -> Result<(), Response> {
+    if peer.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(error(StatusCode::FORBIDDEN, "the IPAM API is only available from the node itself"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AllocateReq {
+    container_id: String,
+    #[serde(default = "default_ifname")]
+    ifname: String,
+}
+
+fn default_ifname() -> String {
+    "eth0".to_string()
+}
+
+fn check_id(id: &str) -> Result<(), Response> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(error(StatusCode::BAD_REQUEST, "container_id must be 1 to 256 characters"));
+    }
+    Ok(())
+}
+
+async fn allocate(s: &Shared, container_id: String, ifname: String) -> Result<crate::ipam::Lease, Response> {
+    check_id(&container_id)?;
+    match ask(s, |reply| Command::IpamAllocate { container_id, ifname, reply }).await? {
+        IpamReply::Ok(lease) => Ok(lease),
+        IpamReply::Unavailable(why) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": format!("no address available yet: {why}"), "retry": true })),
+        )
+            .into_response()),
+        IpamReply::Refused(why) => Err(error(StatusCode::CONFLICT, why)),
+    }
+}
+
+async fn ipam_allocate(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<AllocateReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = local_only(peer) {
+        return r;
+    }
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
+    };
+    match allocate(&s, req.container_id, req.ifname).await {
+        Ok(lease) => Json(lease).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReleaseReq {
+    container_id: String,
+    ifname: Option<String>,
+}
+
+async fn ipam_release(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<ReleaseReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = local_only(peer) {
+        return r;
+    }
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
+    };
+    match ask(&s, |reply| Command::IpamRelease { container_id: req.container_id, ifname: req.ifname, reply }).await {
+        Ok(n) => Json(json!({ "released": n })).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LookupReq {
+    container_id: String,
+    #[serde(default = "default_ifname")]
+    ifname: String,
+}
+
+async fn ipam_lookup(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<LookupReq>,
+) -> Response {
+    if let Err(r) = local_only(peer) {
+        return r;
+    }
+    match ask(&s, |reply| Command::IpamLookup { container_id: q.container_id, ifname: q.ifname, reply }).await {
+        Ok(Some(lease)) => Json(lease).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no address allocated for that container and interface"),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct GcReq {
+    valid: Vec<ReleaseReq>,
+}
+
+async fn ipam_gc(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<GcReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = local_only(peer) {
+        return r;
+    }
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
+    };
+    let valid = req.valid.into_iter().map(|v| (v.container_id, v.ifname.unwrap_or_else(default_ifname))).collect();
+    match ask(&s, |reply| Command::IpamGc { valid, reply }).await {
+        Ok(n) => Json(json!({ "released": n })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn ipam_status(State(s): State<Arc<Shared>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if let Err(r) = local_only(peer) {
+        return r;
+    }
+    let snap = s.snapshot();
+    Json(json!({
+        "ready": snap.ready && snap.ipam_ready,
+        "range": snap.ipam_range,
+        "mtu": snap.mtu,
+        "bridge": snap.bridge,
+        "gateway": snap.ipam_gateway,
+    }))
+    .into_response()
+}
+
+/// Weave's `POST /ip/<id>`: the address as text.
+async fn weave_ip_allocate(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if let Err(r) = local_only(peer) {
+        return r;
+    }
+    match allocate(&s, id, default_ifname()).await {
+        Ok(lease) => text(format!("{}\n", lease.ip)),
+        Err(r) => r,
+    }
+}
+
+async fn weave_ip_release(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if let Err(r) = local_only(peer) {
+        return r;
+    }
+    match ask(&s, |reply| Command::IpamRelease { container_id: id, ifname: None, reply }).await {
+        Ok(_) => text(String::new()),
+        Err(r) => r,
+    }
+}
+
+async fn rmpeer(State(s): State<Arc<Shared>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, RawForm(form): RawForm) -> Response {
+    if let Err(r) = local_only(peer) {
+        return r;
+    }
+    let Some(name) = form_urlencoded_pairs(&form).into_iter().find(|(k, _)| k == "peer").map(|(_, v)| v) else {
+        return error(StatusCode::BAD_REQUEST, "rmpeer needs peer=NAME or NICKNAME");
+    };
+    match ask(&s, |reply| Command::Rmpeer { peer: name, reply }).await {
+        Ok(Ok(msg)) => text(format!("{msg}\n")),
+        Ok(Err(msg)) => (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response(),
+        Err(r) => r,
+    }
 }
 
 /// Parses `peer=a&peer=b&replace=true` (repeatable keys, which axum's

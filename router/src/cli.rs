@@ -8,6 +8,7 @@ pub enum StatusPart {
     Peers,
     Connections,
     Targets,
+    Ipam,
 }
 
 fn url(http_addr: &str, path: &str) -> String {
@@ -47,6 +48,7 @@ pub fn status(http_addr: &str, what: Option<StatusPart>) -> Result<()> {
         Some(StatusPart::Peers) => "/status/peers",
         Some(StatusPart::Connections) => "/status/connections",
         Some(StatusPart::Targets) => "/status/targets",
+        Some(StatusPart::Ipam) => "/status/ipam",
     };
     print!("{}", get(http_addr, path)?);
     Ok(())
@@ -69,5 +71,10 @@ pub fn connect(http_addr: &str, peers: &[String], replace: bool) -> Result<()> {
 pub fn forget(http_addr: &str, peers: &[String]) -> Result<()> {
     let form: Vec<(&str, &str)> = peers.iter().map(|p| ("peer", p.as_str())).collect();
     print!("{}", post(http_addr, "/forget", &form)?);
+    Ok(())
+}
+
+pub fn rmpeer(http_addr: &str, peer: &str) -> Result<()> {
+    print!("{}", post(http_addr, "/rmpeer", &[("peer", peer)])?);
     Ok(())
 }

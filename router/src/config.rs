@@ -35,6 +35,13 @@ pub struct RouterArgs {
     /// Maximum number of peer connections.
     #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 200)]
     pub conn_limit: usize,
+    /// The cluster-wide pod address range, divided among the peers.
+    #[arg(long, env = "IPALLOC_RANGE", default_value = "10.32.0.0/12")]
+    pub ipalloc_range: weft_proto::ipam::Range,
+    /// How the range is first divided: `consensus=N` waits for a majority of
+    /// N peers to agree (default N: the number of PEERs given, plus one).
+    #[arg(long, env = "WEFT_IPALLOC_INIT")]
+    pub ipalloc_init: Option<String>,
     /// Do not connect to peers learned through gossip.
     #[arg(long, env = "WEFT_NO_DISCOVERY")]
     pub no_discovery: bool,
@@ -55,6 +62,8 @@ pub struct Config {
     pub discovery: bool,
     pub peers: Vec<String>,
     pub http_addr: SocketAddr,
+    pub ipalloc_range: weft_proto::ipam::Range,
+    pub consensus_count: usize,
 }
 
 impl Config {
@@ -74,7 +83,14 @@ impl Config {
             Some(n) => n,
             None => hostname(),
         };
-        let peers = args.peers.into_iter().filter(|p| !p.trim().is_empty()).collect();
+        let peers: Vec<String> = args.peers.into_iter().filter(|p| !p.trim().is_empty()).collect();
+        let consensus_count = match args.ipalloc_init.as_deref() {
+            None => peers.len() + 1,
+            Some(init) => match init.strip_prefix("consensus=").map(str::parse::<usize>) {
+                Some(Ok(n)) if n >= 1 => n,
+                _ => anyhow::bail!("--ipalloc-init {init:?}: expected consensus=N with N >= 1"),
+            },
+        };
         Ok(Config {
             name: args.name,
             nickname,
@@ -86,6 +102,8 @@ impl Config {
             discovery: !args.no_discovery,
             peers,
             http_addr,
+            ipalloc_range: args.ipalloc_range,
+            consensus_count,
         })
     }
 }

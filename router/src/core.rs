@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, Receiver, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use weft_proto::backoff::Backoff;
 use weft_proto::control::{Connection, ConnectionError, Event, LocalPeer, Message, RemotePeer, State, Timers};
@@ -42,6 +43,11 @@ pub enum Command {
     Dialed { target: String, result: Result<(TcpStream, SocketAddr), String> },
     Input { id: u64, data: Vec<u8> },
     Closed { id: u64, reason: String },
+    IpamAllocate { container_id: String, ifname: String, reply: crate::ipam::Waiter },
+    IpamRelease { container_id: String, ifname: Option<String>, reply: oneshot::Sender<usize> },
+    IpamLookup { container_id: String, ifname: String, reply: oneshot::Sender<Option<crate::ipam::Lease>> },
+    IpamGc { valid: Vec<(String, String)>, reply: oneshot::Sender<usize> },
+    Rmpeer { peer: String, reply: oneshot::Sender<Result<String, String>> },
 }
 
 /// A UDP heartbeat seen by the data path, for the connection it belongs to.
@@ -105,10 +111,11 @@ pub fn run(args: RouterArgs, http_addr: String) -> Result<()> {
 async fn serve(cfg: Config) -> Result<()> {
     let name = crate::identity::load_or_create_name(&cfg.data_dir, cfg.name)?;
     let uid = crate::identity::new_uid();
-    let nl = crate::netlink::Netlink::connect().await.context("opening netlink")?;
+    let nl = weft_netlink::Netlink::connect().await.context("opening netlink")?;
 
     let underlay_mtu = detect_underlay_mtu(&cfg).await;
     let pod_mtu = cfg.mtu.unwrap_or(crate::path_mtu::overlay_mtu(underlay_mtu, MTU_OVERHEAD));
+    let nl = Arc::new(nl);
     let bridge = nl.ensure_bridge(&cfg.bridge).await.with_context(|| format!("setting up bridge {}", cfg.bridge))?;
     if bridge.created {
         nl.set_mtu(bridge.index, pod_mtu).await?;
@@ -149,7 +156,7 @@ async fn serve(cfg: Config) -> Result<()> {
 
     crate::datapath::start(shared.clone(), tap, udp.try_clone()?, name)?;
     tokio::spawn(control::accept_loop(listener, tx.clone()));
-    let api = crate::api::router(shared.clone());
+    let api = crate::api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         if let Err(err) = axum::serve(http, api).await {
             tracing::error!("HTTP API stopped: {err}");
@@ -157,6 +164,15 @@ async fn serve(cfg: Config) -> Result<()> {
     });
 
     let now = Instant::now();
+    let ipam = crate::ipam::IpamService::load(
+        name,
+        &cfg.data_dir,
+        cfg.ipalloc_range,
+        cfg.consensus_count,
+        pod_mtu,
+        &cfg.bridge,
+        now,
+    )?;
     let local = LocalPeer { name, nickname: cfg.nickname.clone(), uid, udp_port: cfg.port, features: 0 };
     let mut core = Core {
         topology: Topology::new(name, cfg.nickname.clone(), uid, now),
@@ -171,6 +187,9 @@ async fn serve(cfg: Config) -> Result<()> {
         shared,
         pod_mtu,
         bridge: cfg.bridge.clone(),
+        bridge_index: bridge.index,
+        ipam,
+        nl,
         last_publish: None,
         dirty: true,
         cfg,
@@ -279,6 +298,9 @@ struct Core {
     shared: Arc<Shared>,
     pod_mtu: u32,
     bridge: String,
+    bridge_index: u32,
+    ipam: crate::ipam::IpamService,
+    nl: Arc<weft_netlink::Netlink>,
     last_publish: Option<Instant>,
     dirty: bool,
 }
@@ -318,6 +340,7 @@ impl Core {
             }
             let now = Instant::now();
             self.handle_timeouts(now);
+            self.settle_ipam(now);
             self.pump(now);
             self.publish(now, urgent);
         }
@@ -344,6 +367,7 @@ impl Core {
             consider(c.proto.poll_timeout());
         }
         consider(self.topology.poll_timeout());
+        consider(self.ipam.poll_timeout());
         for t in self.targets.values() {
             if !t.dialing && t.conn.is_none() {
                 consider(t.next_attempt);
@@ -407,8 +431,73 @@ impl Core {
                     self.close_conn(id, &reason, ConnFailure::Closed, now);
                 }
             }
+            Command::IpamAllocate { container_id, ifname, reply } => {
+                self.ipam.allocate(now, container_id, ifname, reply);
+                return true;
+            }
+            Command::IpamRelease { container_id, ifname, reply } => {
+                let _ = reply.send(self.ipam.release(&container_id, ifname.as_deref()));
+                return true;
+            }
+            Command::IpamLookup { container_id, ifname, reply } => {
+                let _ = reply.send(self.ipam.lookup(&container_id, &ifname));
+            }
+            Command::IpamGc { valid, reply } => {
+                let _ = reply.send(self.ipam.gc(&valid));
+                return true;
+            }
+            Command::Rmpeer { peer, reply } => {
+                let _ = reply.send(self.rmpeer(&peer, now));
+                return true;
+            }
         }
         false
+    }
+
+    /// `weft rmpeer NAME|NICKNAME`: the name must be a peer we know of (or
+    /// a well-formed peer name) and not connected to us.
+    fn rmpeer(&mut self, peer: &str, now: Instant) -> Result<String, String> {
+        let by_nick: Vec<PeerName> = self.topology.peers().filter(|p| p.nickname == peer).map(|p| p.name).collect();
+        let name = match (peer.parse::<PeerName>(), by_nick.as_slice()) {
+            (Ok(name), _) => name,
+            (Err(_), [one]) => *one,
+            (Err(_), []) => return Err(format!("no peer named or nicknamed {peer:?}")),
+            (Err(_), _) => return Err(format!("several peers are nicknamed {peer:?}: give the peer name")),
+        };
+        if name == self.local.name {
+            return Err("refusing to remove ourselves".to_string());
+        }
+        if self.conns.values().any(|c| c.remote().is_some_and(|r| r.name == name)) {
+            return Err(format!("{name} is connected to us: stop its router before removing it"));
+        }
+        self.ipam.rmpeer(now, name).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Lets IPAM retry waiting requests, then carries out what it asks:
+    /// gossip to every peer, the bridge's gateway address.
+    fn settle_ipam(&mut self, now: Instant) {
+        self.ipam.handle_timeout(now);
+        let effects = self.ipam.settle(now);
+        if let Some(update) = effects.gossip {
+            for c in self.conns.values_mut() {
+                if c.remote().is_some() {
+                    if let Err(err) = c.proto.send(Message::Ipam(update.clone())) {
+                        tracing::error!("IPAM state too large to gossip: {err}");
+                    }
+                }
+            }
+            self.dirty = true;
+        }
+        if let Some((addr, prefix)) = effects.expose {
+            let (nl, index) = (self.nl.clone(), self.bridge_index);
+            tokio::spawn(async move {
+                match nl.add_address(index, addr.into(), prefix).await {
+                    Ok(()) => tracing::info!("bridge gateway address {addr}/{prefix}"),
+                    Err(err) => tracing::error!("cannot put {addr}/{prefix} on the bridge: {err}"),
+                }
+            });
+            self.dirty = true;
+        }
     }
 
     fn retry_later(t: &mut Target, err: String, now: Instant) {
@@ -628,6 +717,13 @@ impl Core {
                     self.shared.metrics.conn_failure(ConnFailure::Protocol);
                 }
             },
+            Event::Message(Message::Ipam(update)) => match self.ipam.handle_gossip(now, &update) {
+                Ok(_) => self.dirty = true,
+                Err(err) => {
+                    tracing::warn!("bad IPAM gossip on connection {id}: {err:#}");
+                    self.shared.metrics.conn_failure(ConnFailure::Protocol);
+                }
+            },
             Event::Message(other) => tracing::debug!("ignoring message {other:?} on connection {id}"),
         }
     }
@@ -679,6 +775,9 @@ impl Core {
         if let Err(err) = c.proto.send(Message::Gossip(all)) {
             tracing::error!("topology too large to send to {}: {err}", remote.name);
         }
+        if let Err(err) = c.proto.send(Message::Ipam(self.ipam.encode_gossip())) {
+            tracing::error!("IPAM state too large to send to {}: {err}", remote.name);
+        }
         self.local_connections_changed(now);
     }
 
@@ -715,6 +814,10 @@ impl Core {
     }
 
     fn topology_changed(&mut self, now: Instant) {
+        let known: Vec<PeerName> = self.topology.peers().map(|p| p.name).collect();
+        let routes = self.topology.routes();
+        let reachable: Vec<PeerName> = known.iter().copied().filter(|p| routes.reachable(*p)).collect();
+        self.ipam.set_peers(now, &known, &reachable);
         self.refresh_forwarding();
         self.refresh_discovery(now);
         self.dirty = true;
@@ -888,7 +991,15 @@ impl Core {
                 }
             })
             .collect();
+        let nick = |p: PeerName| self.nickname_of(p);
+        let (used, free, unreachable) = self.ipam.gauges();
         Snapshot {
+            ipam_ready: self.ipam.gateway().is_some(),
+            ipam_range: self.ipam.range().to_string(),
+            ipam_gateway: self.ipam.gateway().map(|g| g.to_string()),
+            ipam_text: self.ipam.render_status(nick),
+            ipam_report: self.ipam.report(nick),
+            ipam_gauges: (used, free, unreachable, self.ipam.conflicts() as u64),
             ready: true,
             name: self.local.name,
             nickname: self.local.nickname.clone(),

@@ -8,9 +8,8 @@ mod control;
 mod core;
 mod datapath;
 mod identity;
+mod ipam;
 mod metrics;
-#[allow(dead_code, unused_imports)] // veth, route and FDB calls serve the CNI plugin and fast-path issues
-mod netlink;
 mod path_mtu;
 mod status;
 mod tap;
@@ -49,6 +48,11 @@ enum Command {
     },
     /// Stop connecting to these peers.
     Forget { peers: Vec<String> },
+    /// Take over the address space of a peer that is gone for good.
+    Rmpeer {
+        /// Peer name or nickname.
+        peer: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Report => cli::report(&cli.http_addr),
         Command::Connect { replace, peers } => cli::connect(&cli.http_addr, &peers, replace),
         Command::Forget { peers } => cli::forget(&cli.http_addr, &peers),
+        Command::Rmpeer { peer } => cli::rmpeer(&cli.http_addr, &peer),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -132,6 +132,15 @@ impl Metrics {
         let _ = writeln!(out, "# HELP weft_peers Peers known in the topology.");
         let _ = writeln!(out, "# TYPE weft_peers gauge");
         let _ = writeln!(out, "weft_peers {}", gauges.peers);
+        let (used, free, unreachable, conflicts) = gauges.ipam;
+        let _ = writeln!(out, "# HELP weft_ipam_addresses Addresses of the range by state, as this peer sees the cluster.");
+        let _ = writeln!(out, "# TYPE weft_ipam_addresses gauge");
+        let _ = writeln!(out, "weft_ipam_addresses{{state=\"used\"}} {used}");
+        let _ = writeln!(out, "weft_ipam_addresses{{state=\"free\"}} {free}");
+        let _ = writeln!(out, "weft_ipam_addresses{{state=\"unreachable\"}} {unreachable}");
+        let _ = writeln!(out, "# HELP weft_ipam_conflicts IPAM disagreements between peers (should be 0).");
+        let _ = writeln!(out, "# TYPE weft_ipam_conflicts gauge");
+        let _ = writeln!(out, "weft_ipam_conflicts {conflicts}");
         let _ = writeln!(out, "# HELP weft_connection_terminations_total Connections that ended.");
         let _ = writeln!(out, "# TYPE weft_connection_terminations_total counter");
         let _ = writeln!(out, "weft_connection_terminations_total {}", gauges.termination_count);

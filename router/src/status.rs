@@ -62,6 +62,13 @@ pub struct Snapshot {
     pub targets: Vec<String>,
     pub termination_count: u64,
     pub macs: Vec<MacView>,
+    pub ipam_ready: bool,
+    pub ipam_range: String,
+    pub ipam_gateway: Option<String>,
+    pub ipam_text: String,
+    pub ipam_report: Value,
+    /// Addresses used, free, owned by unreachable peers; conflicts.
+    pub ipam_gauges: (u64, u64, u64, u64),
 }
 
 /// Point-in-time values the metrics page needs from the core.
@@ -70,6 +77,7 @@ pub struct Gauges {
     pub connections: Vec<(&'static str, &'static str, usize)>,
     pub peers: usize,
     pub termination_count: u64,
+    pub ipam: (u64, u64, u64, u64),
 }
 
 fn peer_label(name: PeerName, nickname: &str) -> String {
@@ -85,7 +93,7 @@ impl Snapshot {
                 None => connections.push((c.state, c.overlay, 1)),
             }
         }
-        Gauges { connections, peers: self.peers.len(), termination_count: self.termination_count }
+        Gauges { connections, peers: self.peers.len(), termination_count: self.termination_count, ipam: self.ipam_gauges }
     }
 
     fn connection_counts(&self) -> String {
@@ -232,7 +240,8 @@ impl Snapshot {
                     "LastSeenSecsAgo": m.age_secs,
                 })).collect::<Vec<_>>(),
                 "TrustedSubnets": [],
-            }
+            },
+            "IPAM": self.ipam_report,
         })
     }
 }

@@ -12,6 +12,10 @@
 //!   reachability, byte-exact TCP transfers.
 //! * [`in_netns`] runs Rust code (sockets) inside a namespace on a scoped thread.
 //! * [`wait_until`] / [`wait_for`]: every wait is bounded in time and count.
+//! * [`CniRuntime`] runs CNI plugins exactly as a container runtime does
+//!   (environment, stdin, conflist chaining) inside a node's namespace;
+//!   [`CniPod`]s are namespaces it set up, checked against the router's IPAM
+//!   ([`ipam_lookup`]); [`PodmanNode`] is a real podman per node.
 //!
 //! Cleanup is by RAII: dropping a `Cluster`, `Pod` or `UnderlayHost` deletes
 //! its namespaces; routers are SIGTERMed then SIGKILLed by PID, and are
@@ -23,11 +27,16 @@
 
 pub mod cluster;
 pub mod cmd;
+pub mod cni;
+pub mod cni_pod;
+pub mod cni_result;
 pub mod endpoint;
 pub mod http;
+pub mod ipam;
 pub mod metrics;
 pub mod netns;
 pub mod ping;
+pub mod podman;
 pub mod preflight;
 pub mod report;
 pub mod router;
@@ -37,11 +46,21 @@ pub mod wait;
 
 pub use cluster::{node_ip, pod_ip, Cluster, ClusterBuilder, Node, BRIDGE, POD_PREFIX_LEN, WIRE_BRIDGE};
 pub use cmd::{run_bounded, run_bounded_input, run_ok, spawn_guarded, ManagedChild};
+pub use cni::{
+    code as cni_code, weft_net_bin, Attachment, CniBinDir, CniEnv, CniError, CniOutput, CniRuntime, NetworkConfig,
+};
+pub use cni_pod::{CniPod, POD_IFNAME};
+pub use cni_result::CniResult;
 pub use endpoint::{Endpoint, Pod, PodSpec, UnderlayHost};
 pub use http::http_request;
+pub use ipam::{
+    ipalloc_range, ipam_lookup, ipam_status, start_ipam_routers, wait_ipam_ready, IpamStatus, Ipv4Net, Lease,
+    IPALLOC_RANGE, IPAM_CONVERGE,
+};
 pub use metrics::{metric_sum, metric_sum_matching};
 pub use netns::{enter_netns, in_netns, spawn_in_netns, Netns};
 pub use ping::{ping, PingStats};
+pub use podman::PodmanNode;
 pub use preflight::require_env;
 pub use report::{ConnectionInfo, Report};
 pub use router::{target_bin, weft_bin, DEFAULT_HTTP_ADDR, DEFAULT_PORT};

@@ -377,7 +377,7 @@ impl Connection {
                 }
                 self.update_established();
             }
-            Message::Gossip(_) | Message::Other { .. } => self.events.push_back(Event::Message(msg)),
+            Message::Gossip(_) | Message::Ipam(_) | Message::Other { .. } => self.events.push_back(Event::Message(msg)),
         }
     }
 

@@ -12,6 +12,7 @@ mod tag {
     pub const GOSSIP: u8 = 2;
     pub const SLEEVE_READY: u8 = 3;
     pub const SLEEVE_LOST: u8 = 4;
+    pub const IPAM: u8 = 5;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub enum Message {
     /// "Your UDP heartbeats stopped reaching me": retracts `SleeveReady`
     /// so both ends leave `Established` together.
     SleeveLost,
+    /// Opaque IPAM gossip; the ipam module owns the encoding.
+    Ipam(Vec<u8>),
     /// A tag this version doesn't know, from a newer peer. Never construct
     /// one with a known tag: it would decode as that message instead.
     Other { tag: u8, body: Vec<u8> },
@@ -38,6 +41,7 @@ impl Message {
             Message::Gossip(_) => tag::GOSSIP,
             Message::SleeveReady => tag::SLEEVE_READY,
             Message::SleeveLost => tag::SLEEVE_LOST,
+            Message::Ipam(_) => tag::IPAM,
             Message::Other { tag, .. } => *tag,
         }
     }
@@ -46,7 +50,7 @@ impl Message {
         w.u8(self.tag());
         match self {
             Message::Heartbeat | Message::SleeveReady | Message::SleeveLost => {}
-            Message::Gossip(body) | Message::Other { body, .. } => {
+            Message::Gossip(body) | Message::Ipam(body) | Message::Other { body, .. } => {
                 w.bytes(body);
             }
         }
@@ -59,6 +63,7 @@ impl Message {
             tag::GOSSIP => Message::Gossip(rest(&mut r, "gossip")?),
             tag::SLEEVE_READY => Message::SleeveReady,
             tag::SLEEVE_LOST => Message::SleeveLost,
+            tag::IPAM => Message::Ipam(rest(&mut r, "ipam")?),
             tag => Message::Other { tag, body: rest(&mut r, "unknown message")? },
         };
         r.finish("message")?;
@@ -88,6 +93,7 @@ pub(crate) mod tests {
             Just(Message::SleeveReady),
             Just(Message::SleeveLost),
             body().prop_map(Message::Gossip),
+            body().prop_map(Message::Ipam),
             (any::<u8>(), body())
                 .prop_filter("unknown tags only", |(tag, _)| {
                     matches!(Message::decode(&[*tag]), Ok(Message::Other { .. }))

@@ -11,6 +11,13 @@ pub enum NetlinkError {
     #[error("opening rtnetlink socket: {0}")]
     Connect(io::Error),
 
+    #[error("starting a tokio runtime for netlink: {0}")]
+    Runtime(io::Error),
+
+    /// Entering or inspecting a network namespace failed.
+    #[error("{op}: {source}")]
+    Netns { op: String, source: io::Error },
+
     /// The kernel answered with an error code.
     #[error("{op}: {}", io::Error::from_raw_os_error(*.errno))]
     Kernel { op: String, errno: i32 },

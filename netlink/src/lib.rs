@@ -5,14 +5,15 @@
 //! everything version-specific stays in this module, and callers see plain
 //! values (`u32` ifindex, `IpAddr`, `[u8; 6]`) and [`NetlinkError`].
 //!
-//! Synchronous callers (the CNI plugin) can drive it from a current-thread
-//! tokio runtime; the socket belongs to the network namespace the calling
+//! Synchronous callers (the CNI plugin) use [`block_on_netlink`] and
+//! [`NetnsFile::run`]; a socket belongs to the network namespace the calling
 //! thread was in when [`Netlink::connect`] ran.
 
 mod address;
 mod error;
 mod fdb;
 mod link;
+mod netns;
 mod route;
 
 use futures::StreamExt;
@@ -23,7 +24,8 @@ use tokio::task::JoinHandle;
 pub use error::NetlinkError;
 pub use fdb::FdbEntry;
 pub use link::{Link, LinkDetails, LinkKind, VxlanSpec, VxlanVni};
-pub use route::RouteSpec;
+pub use netns::{block_on_netlink, NetnsFile, NetnsId};
+pub use route::{IpFamily, RouteSpec};
 
 /// An open rtnetlink connection. Dropping it closes the socket.
 #[derive(Debug)]

@@ -63,6 +63,8 @@ pub struct LinkDetails {
     pub master: Option<u32>,
     /// Administratively up (`IFF_UP`), not necessarily carrier-up.
     pub up: bool,
+    /// `ip link set alias`: free text; weft tags links it owns with it.
+    pub alias: Option<String>,
 }
 
 impl From<LinkMessage> for LinkDetails {
@@ -75,6 +77,7 @@ impl From<LinkMessage> for LinkDetails {
             mac: None,
             master: None,
             up: message.header.flags.contains(LinkFlags::Up),
+            alias: None,
         };
         for attribute in message.attributes {
             match attribute {
@@ -82,6 +85,7 @@ impl From<LinkMessage> for LinkDetails {
                 LinkAttribute::Mtu(mtu) => details.mtu = mtu,
                 LinkAttribute::Address(bytes) => details.mac = <[u8; 6]>::try_from(bytes).ok(),
                 LinkAttribute::Controller(master) if master != 0 => details.master = Some(master),
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => details.alias = Some(alias),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in &infos {
                         if let LinkInfo::Kind(kind) = info {
@@ -278,6 +282,12 @@ impl Netlink {
         .await
     }
 
+    /// Sets the link's alias (at most 255 bytes, or the kernel refuses).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        self.change(LinkUnspec::new_with_index(index).alias(alias).build(), || format!("set alias on ifindex {index}"))
+            .await
+    }
+
     /// Enslaves `index` to the bridge `master_index` (`ip link set master`).
     pub async fn set_master(&self, index: u32, master_index: u32) -> Result<(), NetlinkError> {
         self.change(LinkUnspec::new_with_index(index).controller(master_index).build(), || {
@@ -350,6 +360,7 @@ mod tests {
             LinkAttribute::Mtu(1376),
             LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
             LinkAttribute::Controller(3),
+            LinkAttribute::IfAlias("weft-net:c/eth0".to_owned()),
             LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
         ];
         assert_eq!(
@@ -362,6 +373,7 @@ mod tests {
                 mac: Some([2, 0, 0, 0, 0, 1]),
                 master: Some(3),
                 up: true,
+                alias: Some("weft-net:c/eth0".to_owned()),
             }
         );
     }
@@ -373,11 +385,13 @@ mod tests {
             // A TUN (layer 3) device has no Ethernet address.
             LinkAttribute::Address(vec![]),
             LinkAttribute::Controller(0),
+            LinkAttribute::IfAlias(String::new()),
             LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Other("weird".to_owned()))]),
         ];
         let details = LinkDetails::from(message);
         assert_eq!(details.mac, None);
         assert_eq!(details.master, None);
+        assert_eq!(details.alias, None);
         assert!(!details.up);
         assert_eq!(details.kind.to_string(), "weird");
     }

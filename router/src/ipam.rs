@@ -1,0 +1,340 @@
+//! The router's side of IPAM: owns the `weft_proto::ipam` state machine,
+//! persists it crash-safely under --data-dir, answers the CNI plugin's
+//! requests (holding them while space is being agreed or obtained), and
+//! gives the node bridge its gateway address from the range.
+
+use crate::identity::write_atomic;
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use weft_proto::ipam::{AllocError, Ipam, Range};
+use weft_proto::PeerName;
+
+const STATE_FILE: &str = "ipam.bin";
+/// How long an allocation request waits for space before the plugin is
+/// told to try again later.
+const ALLOC_WAIT: Duration = Duration::from_secs(20);
+/// The allocation that gives the node bridge its address.
+const EXPOSE_ID: &str = "weft:expose";
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lease {
+    pub ip: String,
+    pub gateway: String,
+    pub mtu: u32,
+    pub bridge: String,
+}
+
+#[derive(Debug)]
+pub enum IpamReply {
+    Ok(Lease),
+    /// Not now: no space agreed or obtainable yet (CNI "try again later").
+    Unavailable(String),
+    /// This peer must not allocate (e.g. it was removed with rmpeer).
+    Refused(String),
+}
+
+pub type Waiter = oneshot::Sender<IpamReply>;
+
+#[derive(Debug)]
+struct Pending {
+    container_id: String,
+    ifname: String,
+    deadline: Instant,
+    reply: Waiter,
+}
+
+/// What the core must do after IPAM changed.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Gossip this to every connection.
+    pub gossip: Option<Vec<u8>>,
+    /// Put this address on the bridge (idempotent).
+    pub expose: Option<(Ipv4Addr, u8)>,
+}
+
+#[derive(Debug)]
+pub struct IpamService {
+    ipam: Ipam,
+    path: PathBuf,
+    pending: Vec<Pending>,
+    gateway: Option<Ipv4Addr>,
+    exposed: bool,
+    mtu: u32,
+    bridge: String,
+    local: PeerName,
+}
+
+impl IpamService {
+    /// Restores persisted state, or starts fresh (also when the persisted
+    /// range differs from the configured one: said loudly, old data dropped).
+    pub fn load(
+        local: PeerName,
+        data_dir: &std::path::Path,
+        range: Range,
+        consensus_count: usize,
+        mtu: u32,
+        bridge: &str,
+        now: Instant,
+    ) -> Result<Self> {
+        let path = data_dir.join(STATE_FILE);
+        let ipam = match std::fs::read(&path) {
+            Ok(bytes) => match Ipam::restore(local, &bytes, now) {
+                Ok(ipam) if ipam.range() == range => {
+                    tracing::info!("IPAM: restored {} allocations in {range}", ipam.allocations().count());
+                    ipam
+                }
+                Ok(ipam) => {
+                    tracing::warn!(
+                        "IPAM: --ipalloc-range is now {range} but the saved state is for {}: discarding the old allocations",
+                        ipam.range()
+                    );
+                    Ipam::new(local, range, consensus_count, now)
+                }
+                Err(err) => {
+                    // Refusing to start would take the node's network down;
+                    // starting fresh is what `weave reset` would do anyway.
+                    tracing::error!("IPAM: {} is unreadable ({err}); starting with empty IPAM state", path.display());
+                    Ipam::new(local, range, consensus_count, now)
+                }
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ipam::new(local, range, consensus_count, now),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        let gateway = ipam.lookup(EXPOSE_ID, bridge);
+        Ok(IpamService { ipam, path, pending: Vec::new(), gateway, exposed: false, mtu, bridge: bridge.to_string(), local })
+    }
+
+    pub fn range(&self) -> Range {
+        self.ipam.range()
+    }
+
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.gateway
+    }
+
+    fn lease(&self, ip: Ipv4Addr, gateway: Ipv4Addr) -> Lease {
+        Lease {
+            ip: format!("{ip}/{}", self.range().prefix()),
+            gateway: gateway.to_string(),
+            mtu: self.mtu,
+            bridge: self.bridge.clone(),
+        }
+    }
+
+    /// Tries to allocate now; `Err(())` means "not yet", keep waiting.
+    fn try_allocate(&mut self, now: Instant, container_id: &str, ifname: &str) -> Result<IpamReply, ()> {
+        let gateway = match self.gateway {
+            Some(g) => g,
+            None => match self.ipam.allocate(now, EXPOSE_ID, &self.bridge) {
+                Ok(g) => {
+                    self.gateway = Some(g);
+                    g
+                }
+                Err(e) => return Self::not_yet(e),
+            },
+        };
+        match self.ipam.allocate(now, container_id, ifname) {
+            Ok(ip) => Ok(IpamReply::Ok(self.lease(ip, gateway))),
+            Err(e) => Self::not_yet(e),
+        }
+    }
+
+    fn not_yet(e: AllocError) -> Result<IpamReply, ()> {
+        match e {
+            AllocError::Pending | AllocError::NotReady => Err(()),
+            other => Ok(IpamReply::Refused(other.to_string())),
+        }
+    }
+
+    pub fn allocate(&mut self, now: Instant, container_id: String, ifname: String, reply: Waiter) {
+        match self.try_allocate(now, &container_id, &ifname) {
+            Ok(answer) => {
+                let _ = reply.send(answer);
+            }
+            Err(()) => self.pending.push(Pending { container_id, ifname, deadline: now + ALLOC_WAIT, reply }),
+        }
+    }
+
+    pub fn lookup(&self, container_id: &str, ifname: &str) -> Option<Lease> {
+        let ip = self.ipam.lookup(container_id, ifname)?;
+        Some(self.lease(ip, self.gateway?))
+    }
+
+    pub fn release(&mut self, container_id: &str, ifname: Option<&str>) -> usize {
+        if container_id == EXPOSE_ID {
+            return 0;
+        }
+        self.ipam.release(container_id, ifname)
+    }
+
+    /// Releases every allocation not in `valid` (CNI GC). The bridge's own
+    /// address is never collected.
+    pub fn gc(&mut self, valid: &[(String, String)]) -> usize {
+        let stale: Vec<(String, String)> = self
+            .ipam
+            .allocations()
+            .filter(|(id, ifname, _)| *id != EXPOSE_ID && !valid.iter().any(|(v, i)| v == id && i == ifname))
+            .map(|(id, ifname, _)| (id.to_string(), ifname.to_string()))
+            .collect();
+        stale.iter().map(|(id, ifname)| self.ipam.release(id, Some(ifname))).sum()
+    }
+
+    pub fn rmpeer(&mut self, now: Instant, name: PeerName) -> Result<String> {
+        let outcome = self.ipam.rmpeer(now, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(match (outcome.newly_tombstoned, outcome.addresses_taken_over) {
+            (false, _) => format!("{name} was already removed"),
+            (true, 0) => format!("{name} removed; its space goes to the peers next to it in the ring"),
+            (true, n) => format!("{name} removed; {n} of its addresses taken over by this peer"),
+        })
+    }
+
+    pub fn handle_gossip(&mut self, now: Instant, bytes: &[u8]) -> Result<bool> {
+        Ok(self.ipam.handle_gossip(now, bytes)?)
+    }
+
+    pub fn encode_gossip(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.ipam.encode_gossip(&mut out);
+        out
+    }
+
+    pub fn set_peers(&mut self, now: Instant, known: &[PeerName], reachable: &[PeerName]) {
+        self.ipam.set_peers(now, known, reachable);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let pending = self.pending.iter().map(|p| p.deadline).min();
+        match (self.ipam.poll_timeout(), pending) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ipam.poll_timeout().is_some_and(|t| t <= now) {
+            self.ipam.handle_timeout(now);
+        }
+    }
+
+    /// Retries waiting requests, persists and says what to gossip and
+    /// expose. Called after anything that may have changed IPAM.
+    pub fn settle(&mut self, now: Instant) -> Effects {
+        let mut still = Vec::new();
+        for p in std::mem::take(&mut self.pending) {
+            if p.reply.is_closed() {
+                continue;
+            }
+            match self.try_allocate(now, &p.container_id, &p.ifname) {
+                Ok(answer) => {
+                    let _ = p.reply.send(answer);
+                }
+                Err(()) if p.deadline <= now => {
+                    let why = if self.ipam.is_ready() {
+                        "no free address could be obtained from the cluster in time"
+                    } else {
+                        "the cluster has not agreed on the IP range division yet (are enough peers connected?)"
+                    };
+                    let _ = p.reply.send(IpamReply::Unavailable(why.to_string()));
+                }
+                Err(()) => still.push(p),
+            }
+        }
+        self.pending = still;
+        // The bridge gets its address as soon as space exists, not only
+        // with the first pod, so the node can reach pods from the start.
+        if self.gateway.is_none() && self.ipam.is_ready() {
+            if let Ok(g) = self.ipam.allocate(now, EXPOSE_ID, &self.bridge) {
+                self.gateway = Some(g);
+            }
+        }
+        let mut effects = Effects::default();
+        let (gossip, persist) = self.ipam.take_dirty();
+        if persist {
+            let mut bytes = Vec::new();
+            self.ipam.persist(&mut bytes);
+            if let Err(err) = write_atomic(&self.path, &bytes) {
+                tracing::error!("IPAM: cannot persist state to {}: {err:#}", self.path.display());
+            }
+        }
+        if gossip {
+            effects.gossip = Some(self.encode_gossip());
+        }
+        if let (Some(g), false) = (self.gateway, self.exposed) {
+            self.exposed = true;
+            effects.expose = Some((g, self.range().prefix()));
+        }
+        effects
+    }
+
+    pub fn conflicts(&self) -> usize {
+        self.ipam.conflicts().len()
+    }
+
+    pub fn render_status(&self, nickname: impl Fn(PeerName) -> String) -> String {
+        let st = self.ipam.status();
+        let mut out = String::new();
+        let _ = writeln!(out, "Range: {}  ready: {}  gateway: {}", self.range(), self.ipam.is_ready(),
+            self.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into()));
+        let total = self.range().size() as f64;
+        for p in &st.peers {
+            let _ = writeln!(
+                out,
+                "{}({})  {} IPs ({:.1}% of total) - used: {}, free: {}{}",
+                p.name,
+                nickname(p.name),
+                p.owned,
+                100.0 * p.owned as f64 / total,
+                p.owned.saturating_sub(p.free),
+                p.free,
+                if p.reachable || p.name == self.local { "" } else { " - unreachable!" }
+            );
+        }
+        for c in self.ipam.conflicts() {
+            let _ = writeln!(out, "CONFLICT: {c}");
+        }
+        out
+    }
+
+    pub fn report(&self, nickname: impl Fn(PeerName) -> String) -> Value {
+        let st = self.ipam.status();
+        json!({
+            "Range": self.range().to_string(),
+            "Ready": self.ipam.is_ready(),
+            "Gateway": self.gateway.map(|g| g.to_string()),
+            "DefaultSubnet": self.range().to_string(),
+            "Entries": st.peers.iter().map(|p| json!({
+                "Peer": p.name.to_string(),
+                "Nickname": nickname(p.name),
+                "Size": p.owned,
+                "Free": p.free,
+                "IsKnownPeer": p.reachable || p.name == self.local,
+            })).collect::<Vec<_>>(),
+            "Allocations": self.ipam.allocations().map(|(id, ifname, ip)| json!({
+                "ContainerID": id, "Ifname": ifname, "Address": ip.to_string(),
+            })).collect::<Vec<_>>(),
+            "Conflicts": self.ipam.conflicts().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// (used, free, unreachable) address counts for the metrics page.
+    pub fn gauges(&self) -> (u64, u64, u64) {
+        let st = self.ipam.status();
+        let mut used = 0u64;
+        let mut free = 0u64;
+        let mut unreachable = 0u64;
+        for p in &st.peers {
+            if p.reachable || p.name == self.local {
+                used += (p.owned.saturating_sub(p.free)) as u64;
+                free += p.free as u64;
+            } else {
+                unreachable += p.owned as u64;
+            }
+        }
+        (used, free, unreachable)
+    }
+}
