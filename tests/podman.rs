@@ -112,6 +112,7 @@ fn podman_containers_on_two_nodes_ping_through_weft() {
             );
             p.podman_ok(&["import", tar, IMAGE])?;
         }
+        let baseline: Vec<Vec<String>> = (0..2).map(|i| veth_links(c.node_ns(i))).collect::<Result<_>>()?;
         let a = run_container(c, &nodes[0], 0, "weft-a", &network)?;
         let b = run_container(c, &nodes[1], 1, "weft-b", &network)?;
         ensure!(a.ip != b.ip, "both containers got {}", a.ip);
@@ -124,7 +125,7 @@ fn podman_containers_on_two_nodes_ping_through_weft() {
             let lease = ipam_lookup(c, ctr.node, &ctr.id, "eth0")?;
             ensure!(lease.is_none(), "{} still holds {lease:?} after podman rm", ctr.name);
             let veths = veth_links(c.node_ns(ctr.node))?;
-            ensure!(veths.is_empty(), "node {}: veths left after podman rm: {veths:?}", ctr.node);
+            ensure!(veths == baseline[ctr.node], "node {}: veths left after podman rm: {veths:?}", ctr.node);
         }
         Ok(())
     };

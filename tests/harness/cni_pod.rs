@@ -122,7 +122,8 @@ pub fn ipv4_addresses(ns: &Netns, dev: &str) -> Result<Vec<Ipv4Net>> {
     Ok(out)
 }
 
-/// Names of the veth devices in `ns` (a node: one per attached pod).
+/// Names of the veth devices in `ns`: on a node, one per attached pod plus
+/// its own underlay `eth0`, so compare against a baseline.
 pub fn veth_links(ns: &Netns) -> Result<Vec<String>> {
     let links = ns.ip_json(&["link", "show", "type", "veth"])?;
     Ok(links

@@ -186,9 +186,10 @@ pub const IPAM_CONVERGE: Duration = Duration::from_secs(30);
 
 /// Starts routers on `nodes` with `--ipalloc-range` [`IPALLOC_RANGE`], each
 /// told about all the others (so the default `--ipalloc-init consensus=N`
-/// is the cluster size), plus `extra` arguments; waits for a full mesh and
-/// for every node's IPAM to be ready with a gateway.
-pub fn start_ipam_routers(c: &Cluster, nodes: &[usize], extra: &[&str]) -> Result<Vec<IpamStatus>> {
+/// is the cluster size), plus `extra` arguments, and waits for a full mesh.
+/// IPAM readiness is left to the caller: a runtime does not wait for it
+/// either (its first ADD does).
+pub fn start_ipam_routers(c: &Cluster, nodes: &[usize], extra: &[&str]) -> Result<()> {
     for &i in nodes {
         let peers: Vec<usize> = nodes.iter().copied().filter(|&p| p != i).collect();
         let mut args = vec!["--ipalloc-range", IPALLOC_RANGE];
@@ -201,5 +202,10 @@ pub fn start_ipam_routers(c: &Cluster, nodes: &[usize], extra: &[&str]) -> Resul
     if nodes.len() > 1 {
         c.wait_mesh(nodes, IPAM_CONVERGE)?;
     }
+    Ok(())
+}
+
+/// [`wait_ipam_ready`] on each of `nodes`, in order.
+pub fn wait_ipam_ready_all(c: &Cluster, nodes: &[usize]) -> Result<Vec<IpamStatus>> {
     nodes.iter().map(|&i| wait_ipam_ready(c, i, IPAM_CONVERGE)).collect()
 }

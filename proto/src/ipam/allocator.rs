@@ -59,10 +59,6 @@ impl Allocations {
             .flat_map(|(c, ifaces)| ifaces.iter().map(move |(i, addr)| (c.as_str(), i.as_str(), *addr)))
     }
 
-    pub fn addresses(&self) -> impl Iterator<Item = u32> + '_ {
-        self.used.iter().copied()
-    }
-
     /// Allocated addresses outside `spans` (which must be ascending and
     /// disjoint), in one sweep over both.
     pub fn outside(&self, spans: impl Iterator<Item = (u32, u64)>) -> Vec<u32> {
@@ -72,7 +68,7 @@ impl Allocations {
             while spans.peek().is_some_and(|&(_, end)| end <= u64::from(addr)) {
                 spans.next();
             }
-            if !spans.peek().is_some_and(|&(start, _)| start <= addr) {
+            if spans.peek().is_none_or(|&(start, _)| start > addr) {
                 out.push(addr);
             }
         }

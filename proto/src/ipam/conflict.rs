@@ -14,7 +14,7 @@ pub enum Conflict {
     /// each reached consensus, e.g. because `consensus_count` was too
     /// small). Ours is kept and theirs ignored; both groups may have handed
     /// out the same addresses.
-    #[error("met a ring seeded with {theirs:?} but ours was seeded with {ours:?}: independently initialised IPAM groups")]
+    #[error("met a ring seeded independently of ours: theirs with {theirs:?}, ours with {ours:?}")]
     DifferentSeeds { ours: Vec<PeerName>, theirs: Vec<PeerName> },
     /// Two different owners wrote the same version of one ring entry.
     #[error("ring entry at {token} version {version} is claimed by both {first} and {second}")]
@@ -27,10 +27,15 @@ pub enum Conflict {
     /// back): it no longer allocates.
     #[error("this peer was removed with rmpeer; it will not allocate addresses")]
     SelfTombstoned,
-    /// A peer removed with `rmpeer` is still (or again) alive; its space
-    /// may have been reassigned while it still uses it.
-    #[error("peer {peer} was removed with rmpeer but is alive")]
+    /// A peer removed with `rmpeer` is reachable: still (or again) alive,
+    /// and its space may have been reassigned while it still uses it.
+    #[error("peer {peer} was removed with rmpeer but is reachable")]
     TombstonedPeerAlive { peer: PeerName },
+    /// The ring we received says this peer had `in_use` addresses
+    /// allocated that it has no record of: it restarted without its
+    /// persisted state. Those addresses may be handed out again.
+    #[error("this peer lost its persisted state: the ring says {in_use} of its addresses were in use")]
+    LostState { in_use: u64 },
     /// One of our allocations lies in space that, by the merged ring, is
     /// no longer ours.
     #[error("allocated address {address} lies in space owned by {owner:?}")]

@@ -11,7 +11,8 @@
 //!     u32 promised number   [6] promised proposer
 //!     bool accepted: u32 number   [6] proposer   u16 value count (1..=MAX_SEEDS)   [6]* names, ascending
 //!     bool request: u64 seq   [6] donor
-//!   u16 tombstone count (<= MAX_TOMBSTONES), strictly ascending: [6] name   u64 version
+//!     u16 ack count (<= MAX_ACKS), strictly ascending: [6] removed peer   u64 digest
+//!   u16 tombstone count (<= MAX_TOMBSTONES): [6]* names, strictly ascending
 //!   bool ring: u16 seed count (1..=MAX_SEEDS)   [6]* seeds, ascending
 //!              u32 entry count (1..=MAX_ENTRIES), strictly ascending token:
 //!                u32 token   [6] owner   u32 version   u32 free
@@ -19,14 +20,14 @@
 //!
 //! Decoding is all-or-nothing and allocates only as it consumes input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::PeerName;
 
-use super::paxos::{AcceptorState, Accepted, Round};
-use super::peer_state::{PeerState, SpaceRequest};
+use super::paxos::{Accepted, AcceptorState, Round};
+use super::peer_state::{Ack, PeerState, SpaceRequest, MAX_ACKS};
 use super::range::{Range, RangeError};
 use super::ring::{Entry, Ring, RingError, MAX_ENTRIES, MAX_SEEDS};
 use super::shared::{Shared, MAX_PEERS, MAX_TOMBSTONES};
@@ -98,11 +99,16 @@ pub(crate) fn write_state(w: &mut Writer<'_>, s: &Shared) {
                 w.bool(false);
             }
         }
+        let acks = state.acks.len().min(MAX_ACKS);
+        w.u16(acks as u16);
+        for ack in state.acks.iter().take(acks) {
+            w.peer_name(ack.peer).u64(ack.digest);
+        }
     }
     let tombstones = s.tombstones.len().min(MAX_TOMBSTONES);
     w.u16(tombstones as u16);
-    for (name, version) in s.tombstones.iter().take(tombstones) {
-        w.peer_name(*name).u64(*version);
+    for name in s.tombstones.iter().take(tombstones) {
+        w.peer_name(*name);
     }
     match &s.ring {
         Some(ring) => {
@@ -145,16 +151,25 @@ pub(crate) fn read_state(r: &mut Reader<'_>) -> Result<Shared, IpamGossipError> 
         } else {
             None
         };
-        peers.insert(name, PeerState { version, paxos: AcceptorState { promised, accepted }, request });
+        let count = bounded(r.u16("ack count")?.into(), "acks", MAX_ACKS)?;
+        let mut acks: Vec<Ack> = Vec::new();
+        for _ in 0..count {
+            let peer = real_name(r, "acked peer")?;
+            if acks.last().is_some_and(|last| last.peer >= peer) {
+                return Err(IpamGossipError::Unsorted { what: "acks" });
+            }
+            acks.push(Ack { peer, digest: r.u64("ack digest")? });
+        }
+        peers.insert(name, PeerState { version, paxos: AcceptorState { promised, accepted }, request, acks });
     }
     let count = bounded(r.u16("tombstone count")?.into(), "tombstones", MAX_TOMBSTONES)?;
-    let mut tombstones = BTreeMap::new();
+    let mut tombstones = BTreeSet::new();
     for _ in 0..count {
         let name = real_name(r, "tombstone")?;
-        if tombstones.last_key_value().is_some_and(|(last, _)| *last >= name) {
+        if tombstones.last().is_some_and(|last| *last >= name) {
             return Err(IpamGossipError::Unsorted { what: "tombstones" });
         }
-        tombstones.insert(name, r.u64("tombstone version")?);
+        tombstones.insert(name);
     }
     let ring = if r.bool("ring flag")? { Some(read_ring(r, range)?) } else { None };
     Ok(Shared { range, peers, tombstones, ring })
@@ -243,7 +258,8 @@ mod tests {
     fn arb_full() -> impl Strategy<Value = Shared> {
         (arb_shared(), proptest::collection::btree_set((1u8..9).prop_map(name), 1..4)).prop_map(|(mut s, value)| {
             if let Some(state) = s.peers.values_mut().next() {
-                state.paxos.accepted = Some(Accepted { round: state.paxos.promised, value: value.into_iter().collect() });
+                state.paxos.accepted =
+                    Some(Accepted { round: state.paxos.promised, value: value.into_iter().collect() });
             }
             s
         })
@@ -317,10 +333,10 @@ mod tests {
     #[test]
     fn rejects_unsorted_lists_and_reserved_names() {
         let mut buf = header();
-        Writer::new(&mut buf).u16(0).u16(2).peer_name(name(2)).u64(0).peer_name(name(1)).u64(0);
+        Writer::new(&mut buf).u16(0).u16(2).peer_name(name(2)).peer_name(name(1));
         assert_eq!(decode(&buf), Err(IpamGossipError::Unsorted { what: "tombstones" }));
         let mut buf = header();
-        Writer::new(&mut buf).u16(0).u16(1).peer_name(PeerName::BROADCAST).u64(0);
+        Writer::new(&mut buf).u16(0).u16(1).peer_name(PeerName::BROADCAST);
         assert_eq!(decode(&buf), Err(IpamGossipError::ReservedName { what: "tombstone" }));
         let mut buf = header();
         Writer::new(&mut buf).u16(0).u16(0).bool(true).u16(0);

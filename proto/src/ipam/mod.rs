@@ -9,7 +9,8 @@
 //!   requested anywhere.
 //! - A peer that runs out names a donor in its gossip entry; the donor
 //!   hands over part of its free space.
-//! - `rmpeer` tombstones a dead peer; its space goes to deterministic heirs.
+//! - `rmpeer` tombstones a dead peer; its space goes to deterministic heirs
+//!   once every other peer confirms it has seen the dead peer's last state.
 //! - Anything that contradicts single ownership is reported in
 //!   `conflicts()`, never merged away silently.
 //!
@@ -75,7 +76,8 @@ pub enum AllocError {
     #[error("waiting for consensus on the initial division of the address range")]
     NotReady,
     /// Retry later: this peer's space is used up and another peer has
-    /// been asked to donate.
+    /// been asked to donate (or the only free space is behind a
+    /// partition).
     #[error("out of addresses; waiting for another peer to donate space")]
     Pending,
     /// No reachable peer has free space as far as this peer knows; may
@@ -260,8 +262,12 @@ impl Ipam {
             return Err(IpamGossipError::RangeMismatch { ours: self.shared.range, theirs: incoming.range });
         }
         let before = self.generation;
+        let had_ring = self.shared.ring.is_some();
         if self.shared.merge(&incoming, self.local, &mut self.conflicts)? {
             self.mark_changed();
+        }
+        if !had_ring {
+            self.check_adopted_ring();
         }
         self.think(now);
         Ok(self.generation != before)
@@ -281,6 +287,9 @@ impl Ipam {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.self_tombstoned() {
+            return;
+        }
         if self.shared.ring.is_none() && self.wants_ring && self.paxos_retry_at.is_some_and(|t| t <= now) {
             self.propose(now);
         }
@@ -317,8 +326,7 @@ impl Ipam {
             if self.shared.tombstones.len() >= MAX_TOMBSTONES {
                 return Err(RmpeerError::TooManyTombstones { max: MAX_TOMBSTONES });
             }
-            let last_seen = self.shared.peers.get(&name).map_or(0, |s| s.version);
-            self.shared.tombstones.insert(name, last_seen);
+            self.shared.tombstones.insert(name);
             self.mark_changed();
         }
         let before = self.owned_usable();
@@ -340,7 +348,7 @@ impl Ipam {
         let ring = self.shared.ring.as_ref();
         let mut names: BTreeSet<PeerName> = self.known.clone();
         names.extend(self.shared.peers.keys());
-        names.extend(self.shared.tombstones.keys());
+        names.extend(self.shared.tombstones.iter());
         names.extend(ring.into_iter().flat_map(|r| r.spans().map(|s| s.entry.owner)));
         let peers: Vec<PeerStatus> = names
             .into_iter()
@@ -405,7 +413,7 @@ impl Ipam {
     }
 
     fn is_reachable(&self, peer: &PeerName) -> bool {
-        *peer == self.local || self.reachable.as_ref().map_or(true, |r| r.contains(peer))
+        *peer == self.local || self.reachable.as_ref().is_none_or(|r| r.contains(peer))
     }
 
     fn is_known(&self, peer: &PeerName) -> bool {
@@ -499,25 +507,24 @@ impl Ipam {
         }
         self.report_live_tombstoned();
         self.inherit_dead_space();
+        self.refresh_acks();
         self.serve_requests();
         self.refresh_free();
         self.settle_request();
         self.report_foreign_allocations();
     }
 
+    /// Reachability is the evidence: gossip can't tell a removed peer's
+    /// new writes from its last ones still making their way around.
     fn report_live_tombstoned(&mut self) {
-        for (name, &version) in &self.shared.tombstones {
-            let updated = self.shared.peers.get(name).is_some_and(|s| s.version > version);
-            let reachable = self.reachable.as_ref().is_some_and(|r| r.contains(name));
-            if updated || reachable {
-                conflict::record(&mut self.conflicts, Conflict::TombstonedPeerAlive { peer: *name });
-            }
+        let Some(reachable) = &self.reachable else { return };
+        for name in self.shared.tombstones.intersection(reachable) {
+            conflict::record(&mut self.conflicts, Conflict::TombstonedPeerAlive { peer: *name });
         }
     }
 
     fn inherit_dead_space(&mut self) {
-        let Some(ring) = &self.shared.ring else { return };
-        let spans = rmpeer::inherited(ring, &self.shared.tombstones, self.local);
+        let spans = rmpeer::inherited(&self.shared, self.local);
         let range = self.shared.range;
         for (start, end) in spans {
             let free = ring::clamp_u32(self.allocations.free_in(range, start, end));
@@ -536,7 +543,7 @@ impl Ipam {
             .iter()
             .filter(|(name, _)| **name != self.local && !self.shared.is_tombstoned(name))
             .filter_map(|(name, s)| s.request.map(|r| (*name, r)))
-            .filter(|(name, r)| r.donor == self.local && self.served.get(name).map_or(true, |seq| r.seq > *seq))
+            .filter(|(name, r)| r.donor == self.local && self.served.get(name).is_none_or(|seq| r.seq > *seq))
             .map(|(name, r)| (name, r.seq))
             .collect();
         for (requester, seq) in requests {
@@ -549,6 +556,15 @@ impl Ipam {
                     self.mark_changed();
                 }
             }
+        }
+    }
+
+    /// Publishes what we see of removed peers' space, for their heirs.
+    fn refresh_acks(&mut self) {
+        let Some(ring) = &self.shared.ring else { return };
+        let acks = rmpeer::acks(ring, &self.shared.tombstones);
+        if self.own().acks != acks {
+            self.update_own(|s| s.acks = acks);
         }
     }
 
@@ -585,6 +601,18 @@ impl Ipam {
         }
     }
 
+    /// Space we own in a ring we have only just received was either seeded
+    /// or donated to us, all free; anything else was written by an earlier
+    /// incarnation of ours whose allocations we no longer know.
+    fn check_adopted_ring(&mut self) {
+        let Some(ring) = &self.shared.ring else { return };
+        let (owned, free) = ring.owned_and_free(self.local);
+        let in_use = owned - free;
+        if in_use > self.allocations.len() as u64 {
+            conflict::record(&mut self.conflicts, Conflict::LostState { in_use });
+        }
+    }
+
     fn report_foreign_allocations(&mut self) {
         let Some(ring) = &self.shared.ring else { return };
         for addr in self.allocations.outside(ring.owned_spans(self.local).map(|s| (s.start, s.end))) {
@@ -594,8 +622,8 @@ impl Ipam {
         }
     }
 
-    /// A peer worth asking for space: alive, reachable, and with free
-    /// space by its own last report.
+    /// A peer that could answer a request for space: not removed, and
+    /// reachable (a request to a peer behind a partition would go unseen).
     fn can_donate(&self, peer: &PeerName) -> bool {
         *peer != self.local && !self.shared.is_tombstoned(peer) && self.is_reachable(peer)
     }
@@ -618,8 +646,13 @@ impl Ipam {
                 AllocError::Pending
             }
             None => {
-                // Free space only behind a partition is worth waiting for.
+                // Nobody reachable can help: withdraw the request. A release
+                // or a heal changes our state, and the router's retry of the
+                // allocation then asks again. Free space behind a partition
+                // is worth waiting for; none anywhere is exhaustion.
                 let elsewhere = donation::choose_donor(ring, |p| *p != self.local && !self.shared.is_tombstoned(p));
+                self.update_own(|s| s.request = None);
+                self.request_retry_at = None;
                 if elsewhere.is_some() {
                     AllocError::Pending
                 } else {
@@ -629,6 +662,7 @@ impl Ipam {
         }
     }
 
+    /// `donor` can answer and has free space by its own last report.
     fn donor_plausible(&self, ring: &ring::Ring, donor: &PeerName) -> bool {
         self.can_donate(donor) && ring.owned_and_free(*donor).1 > 0
     }

@@ -81,10 +81,7 @@ pub fn quorum(consensus_count: usize) -> usize {
 
 /// The round a proposer starts next: above every round it has seen.
 pub(crate) fn next_round<'a>(local: PeerName, states: impl Iterator<Item = &'a AcceptorState>) -> Round {
-    let highest = states
-        .map(|s| s.promised.number.max(s.accepted_round().map_or(0, |r| r.number)))
-        .max()
-        .unwrap_or(0);
+    let highest = states.map(|s| s.promised.number.max(s.accepted_round().map_or(0, |r| r.number))).max().unwrap_or(0);
     Round { number: highest.saturating_add(1), proposer: local }
 }
 
@@ -238,10 +235,10 @@ mod tests {
     #[test]
     fn random_schedules_never_decide_two_values() {
         let mut decisions = 0;
-        for seed in 0..100 {
+        for seed in 0..60 {
             decisions += usize::from(run_cluster(seed, 5, 3, 1500).is_some());
         }
-        assert!(decisions > 50, "too few runs decided ({decisions}/100): the test would prove little");
+        assert!(decisions > 30, "too few runs decided ({decisions}/60): the test would prove little");
     }
 
     proptest! {

@@ -1,6 +1,7 @@
 //! What each peer publishes about itself in IPAM gossip: its Paxos
-//! acceptor state (until a ring exists) and its request for space. Only
-//! the peer itself changes its entry, bumping the version each time.
+//! acceptor state (until a ring exists), its request for space, and what
+//! it has seen of removed peers' space. Only the peer itself changes its
+//! entry, bumping the version each time.
 
 use crate::PeerName;
 
@@ -16,15 +17,32 @@ pub struct SpaceRequest {
     pub donor: PeerName,
 }
 
+/// "Of removed peer `peer`'s space I have seen exactly this": a digest of
+/// the ring entries it still owns in my view. Heirs wait until every peer
+/// confirms the same, so that no write the removed peer made before it
+/// died is still travelling when its space is reassigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ack {
+    pub peer: PeerName,
+    pub digest: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PeerState {
     pub version: u64,
     pub paxos: AcceptorState,
     pub request: Option<SpaceRequest>,
+    /// Ascending by peer, at most `MAX_ACKS`.
+    pub acks: Vec<Ack>,
 }
 
+/// Removed peers whose space is awaiting takeover that one entry speaks
+/// for; more wait their turn (in name order).
+pub const MAX_ACKS: usize = 64;
+
 impl PeerState {
-    pub const EMPTY: PeerState = PeerState { version: 0, paxos: AcceptorState::INITIAL, request: None };
+    pub const EMPTY: PeerState =
+        PeerState { version: 0, paxos: AcceptorState::INITIAL, request: None, acks: Vec::new() };
 
     /// Whether `self` should replace `held` in a merge: newer version, or
     /// (only from a buggy peer or one that lost its state) the same
@@ -82,6 +100,7 @@ mod tests {
             version: 7,
             paxos: AcceptorState { promised, accepted: None },
             request: Some(SpaceRequest { seq: 3, donor: name(2) }),
+            acks: Vec::new(),
         };
         let mut own = PeerState { version: 1, ..PeerState::EMPTY };
         assert!(own.absorb_own(&echoed));

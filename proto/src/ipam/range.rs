@@ -152,7 +152,11 @@ mod tests {
         assert!(matches!("10.0.0.0/300".parse::<Range>(), Err(RangeError::Syntax { .. })));
         assert_eq!(
             "10.32.0.1/12".parse::<Range>(),
-            Err(RangeError::HostBits { start: Ipv4Addr::new(10, 32, 0, 1), prefix: 12, network: Ipv4Addr::new(10, 32, 0, 0) })
+            Err(RangeError::HostBits {
+                start: Ipv4Addr::new(10, 32, 0, 1),
+                prefix: 12,
+                network: Ipv4Addr::new(10, 32, 0, 0)
+            })
         );
     }
 

@@ -110,7 +110,8 @@ impl Ring {
             entries.insert(token, Entry { owner: *owner, version: 1, free: 0 });
         }
         let mut ring = Ring { range, seeds, entries };
-        let frees: Vec<(u32, u32)> = ring.spans().map(|s| (s.start, clamp_u32(range.usable_in(s.start, s.end)))).collect();
+        let frees: Vec<(u32, u32)> =
+            ring.spans().map(|s| (s.start, clamp_u32(range.usable_in(s.start, s.end)))).collect();
         for (token, free) in frees {
             if let Some(e) = ring.entries.get_mut(&token) {
                 e.free = free;
@@ -208,7 +209,12 @@ impl Ring {
     /// single-writer rule are appended to `conflicts` and still applied, so
     /// that every peer converges on the same ring and the conflict shows up
     /// everywhere rather than only here.
-    pub(crate) fn merge(&mut self, other: &Ring, local: PeerName, conflicts: &mut Vec<Conflict>) -> Result<bool, RingError> {
+    pub(crate) fn merge(
+        &mut self,
+        other: &Ring,
+        local: PeerName,
+        conflicts: &mut Vec<Conflict>,
+    ) -> Result<bool, RingError> {
         let mut updates = Vec::new();
         let mut added = 0;
         for (&token, theirs) in &other.entries {
@@ -310,15 +316,12 @@ impl Ring {
         }
     }
 
-    /// Who inherits the entry at `token` once its owner is removed: the
-    /// owner of the nearest entry before it (wrapping around) whose owner
-    /// is not `dead`. Every peer that agrees on who is dead computes the
-    /// same heir from its own view, since the heir is whoever owns the
-    /// address just before the run of dead entries.
-    pub(crate) fn heir_of(&self, token: u32, dead: impl Fn(&PeerName) -> bool) -> Option<PeerName> {
+    /// The entries before `token`, nearest first, wrapping around (and
+    /// excluding `token`'s own): where removed peers' heirs are found.
+    pub(crate) fn predecessors(&self, token: u32) -> impl Iterator<Item = &Entry> {
         let before = self.entries.range(..token).rev();
         let wrapped = self.entries.range((Bound::Excluded(token), Bound::Unbounded)).rev();
-        before.chain(wrapped).map(|(_, e)| e.owner).find(|owner| !dead(owner))
+        before.chain(wrapped).map(|(_, e)| e)
     }
 }
 
@@ -397,7 +400,7 @@ pub(crate) mod tests {
         assert_eq!(ring.owned_and_free(name(5)), (10, 10));
         // At the head of a span: no new token, owner changes.
         assert!(ring.grant(name(2), ip(128), u64::from(ip(200)), name(5)));
-        assert_eq!(ring.owner_of(ip(128)), Some(name(5)));
+        assert_eq!(ring.span_of(ip(128)).map(|s| (s.entry.owner, s.entry.version)), Some((name(5), 2)));
         assert_eq!(ring.owner_of(ip(200)), Some(name(2)));
         // Preconditions.
         assert!(!ring.grant(name(1), ip(128), u64::from(ip(129)), name(5)), "not ours");
@@ -407,14 +410,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn heir_is_nearest_live_predecessor_wrapping() {
+    fn predecessors_are_nearest_first_and_wrap() {
         let ring = Ring::seeded(small_range(), &[name(1), name(2), name(3), name(4)]).unwrap();
-        let dead = |p: &PeerName| *p == name(2) || *p == name(3);
-        assert_eq!(ring.heir_of(ip(64), dead), Some(name(1)));
-        assert_eq!(ring.heir_of(ip(128), dead), Some(name(1)));
-        let first_dead = |p: &PeerName| *p == name(1);
-        assert_eq!(ring.heir_of(ip(0), first_dead), Some(name(4)));
-        assert_eq!(ring.heir_of(ip(0), |_| true), None);
+        let owners = |token| ring.predecessors(token).map(|e| e.owner).collect::<Vec<_>>();
+        assert_eq!(owners(ip(128)), vec![name(2), name(1), name(4)]);
+        assert_eq!(owners(ip(0)), vec![name(4), name(3), name(2)]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! tombstones and the ring. Merging is a join (per-key maximum), so views
 //! converge whatever order and however often gossip arrives.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::PeerName;
 
@@ -20,21 +20,20 @@ pub const MAX_TOMBSTONES: usize = 1024;
 pub(crate) struct Shared {
     pub range: Range,
     pub peers: BTreeMap<PeerName, PeerState>,
-    /// Peers removed with `rmpeer`, each with the highest version of its
-    /// entry known when it was removed: a later version means it is alive.
-    /// Never removed, so a removal can't be undone by stale gossip.
-    pub tombstones: BTreeMap<PeerName, u64>,
+    /// Peers removed with `rmpeer`. Never removed, so a removal can't be
+    /// undone by stale gossip.
+    pub tombstones: BTreeSet<PeerName>,
     /// None until consensus (or gossip from a peer that has one).
     pub ring: Option<Ring>,
 }
 
 impl Shared {
     pub fn new(range: Range) -> Shared {
-        Shared { range, peers: BTreeMap::new(), tombstones: BTreeMap::new(), ring: None }
+        Shared { range, peers: BTreeMap::new(), tombstones: BTreeSet::new(), ring: None }
     }
 
     pub fn is_tombstoned(&self, peer: &PeerName) -> bool {
-        self.tombstones.contains_key(peer)
+        self.tombstones.contains(peer)
     }
 
     /// Folds in another view of the same range; returns whether ours
@@ -59,19 +58,9 @@ impl Shared {
             }
             (_, None) => {}
         }
-        for (name, &version) in &other.tombstones {
-            let room = self.tombstones.len() < MAX_TOMBSTONES;
-            match self.tombstones.get_mut(name) {
-                Some(held) if *held < version => {
-                    *held = version;
-                    changed = true;
-                }
-                Some(_) => {}
-                None if room => {
-                    self.tombstones.insert(*name, version);
-                    changed = true;
-                }
-                None => {}
+        for name in &other.tombstones {
+            if self.tombstones.len() < MAX_TOMBSTONES {
+                changed |= self.tombstones.insert(*name);
             }
         }
         for (name, state) in &other.peers {
@@ -101,24 +90,27 @@ impl Shared {
 pub(crate) mod tests {
     use super::*;
     use crate::ipam::paxos::{AcceptorState, Round};
-    use crate::ipam::peer_state::SpaceRequest;
+    use crate::ipam::peer_state::{Ack, SpaceRequest};
     use crate::ipam::ring::tests::{arb_ring, name, small_range};
     use proptest::prelude::*;
 
     pub fn arb_peer_state() -> impl Strategy<Value = PeerState> {
-        (0u64..4, 0u32..3, 0u8..4, proptest::option::of((0u64..3, 1u8..5))).prop_map(|(version, number, p, req)| {
-            PeerState {
+        let acks = proptest::collection::btree_map((1u8..6).prop_map(name), 0u64..3, 0..3)
+            .prop_map(|m| m.into_iter().map(|(peer, digest)| Ack { peer, digest }).collect());
+        (0u64..4, 0u32..3, 0u8..4, proptest::option::of((0u64..3, 1u8..5)), acks).prop_map(
+            |(version, number, p, req, acks)| PeerState {
                 version,
                 paxos: AcceptorState { promised: Round { number, proposer: name(p) }, accepted: None },
                 request: req.map(|(seq, d)| SpaceRequest { seq, donor: name(d) }),
-            }
-        })
+                acks,
+            },
+        )
     }
 
     pub fn arb_shared() -> impl Strategy<Value = Shared> {
         (
             proptest::collection::btree_map((1u8..6).prop_map(name), arb_peer_state(), 0..4),
-            proptest::collection::btree_map((1u8..6).prop_map(name), 0u64..4, 0..3),
+            proptest::collection::btree_set((1u8..6).prop_map(name), 0..3),
             proptest::option::of(arb_ring()),
         )
             .prop_map(|(peers, tombstones, ring)| Shared { range: small_range(), peers, tombstones, ring })
@@ -148,7 +140,7 @@ pub(crate) mod tests {
         a.ring = Some(Ring::seeded(small_range(), &[name(1)]).unwrap());
         let mut b = Shared::new(small_range());
         b.ring = Some(Ring::seeded(small_range(), &[name(2)]).unwrap());
-        b.tombstones.insert(name(1), 0);
+        b.tombstones.insert(name(1));
         let before = a.clone();
         let mut conflicts = Vec::new();
         assert_eq!(a.merge(&b, name(1), &mut conflicts), Ok(false));

@@ -63,8 +63,7 @@ fn lone_peer_with_quorum_one_allocates_at_once() {
 fn fifty_concurrent_pods_get_distinct_addresses_and_reuse_released_ones() {
     let now = Instant::now();
     let mut ipam = solo("10.32.0.0/12", now);
-    let addrs: BTreeSet<Ipv4Addr> =
-        (0..50).map(|i| ipam.allocate(now, &format!("pod{i}"), "eth0").unwrap()).collect();
+    let addrs: BTreeSet<Ipv4Addr> = (0..50).map(|i| ipam.allocate(now, &format!("pod{i}"), "eth0").unwrap()).collect();
     assert_eq!(addrs.len(), 50);
     assert_eq!(ipam.allocations().count(), 50);
     assert_eq!(ipam.release("pod7", None), 1);
@@ -255,6 +254,28 @@ fn stolen_space_with_allocations_is_reported() {
         address: "10.0.0.1".parse().unwrap(),
         owner: Some(name(2))
     }));
+}
+
+#[test]
+fn restart_without_persisted_state_is_reported() {
+    let now = Instant::now();
+    let r = range("10.0.0.0/24");
+    let mut a = Ipam::new(name(1), r, 2, now);
+    let mut b = Ipam::new(name(2), r, 2, now);
+    a.set_peers(now, &[name(2)], &[name(2)]);
+    assert_eq!(a.allocate(now, "a", "eth0"), Err(AllocError::NotReady));
+    sync(now, &mut a, &mut b);
+    a.allocate(now, "a", "eth0").unwrap();
+    sync(now, &mut a, &mut b);
+    assert!(a.conflicts().is_empty() && b.conflicts().is_empty());
+
+    let mut amnesiac = Ipam::new(name(1), r, 2, now);
+    amnesiac.handle_gossip(now, &gossip(&b)).unwrap();
+    assert_eq!(amnesiac.conflicts(), &[Conflict::LostState { in_use: 1 }]);
+    // A peer that never allocated adopts the same ring without complaint.
+    let mut c = Ipam::new(name(3), r, 2, now);
+    c.handle_gossip(now, &gossip(&b)).unwrap();
+    assert!(c.conflicts().is_empty());
 }
 
 #[test]
