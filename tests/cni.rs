@@ -330,9 +330,9 @@ fn concurrent_adds_on_two_nodes_get_distinct_addresses() {
         for p in &pods {
             ensure_released(c, p.node(), p.container_id())?;
         }
-        for node in 0..2 {
+        for (node, before) in baseline.iter().enumerate() {
             let left = veth_links(c.node_ns(node))?;
-            ensure!(left == baseline[node], "node {node} kept veths after every DEL: {left:?}");
+            ensure!(&left == before, "node {node} kept veths after every DEL: {left:?}");
         }
         Ok(())
     });
@@ -536,4 +536,52 @@ fn rmpeer_of_a_stopped_node_on_two_survivors_at_once() {
         }
         Ok(())
     });
+}
+
+// ----- the harness's own CNI plumbing (no routers needed) ----------------
+
+#[test]
+fn conflist_plugins_get_runtime_fields_and_prev_result() {
+    let list = NetworkConfig::weft_template().unwrap();
+    assert_eq!(list.plugins[0]["type"], "weft-net", "weft-net must come first in {}", list.to_conflist());
+    assert!(list.plugin("portmap").is_ok(), "the template chains portmap");
+    let prev = json!({"cniVersion": list.cni_version, "ips": []});
+    let second: Value = serde_json::from_slice(&list.plugin_stdin(1, Some(&prev)).unwrap()).unwrap();
+    assert_eq!(second["name"], json!(list.name));
+    assert_eq!(second["cniVersion"], json!(list.cni_version));
+    assert_eq!(second["prevResult"], prev);
+    let first: Value = serde_json::from_slice(&list.plugin_stdin(0, None).unwrap()).unwrap();
+    assert!(first.get("prevResult").is_none());
+    assert_eq!(NetworkConfig::from_conflist(&list.to_conflist()).unwrap(), list);
+    assert!(NetworkConfig::from_conflist(r#"{"name":"x","cniVersion":"1.0.0","plugins":[]}"#).is_err());
+    assert!(NetworkConfig::from_conflist(r#"{"name":"x","cniVersion":"1.0.0","plugins":[{}]}"#).is_err());
+}
+
+#[test]
+fn cni_results_parse_into_typed_values() {
+    let raw = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "vethab12", "mac": "aa:bb:cc:dd:ee:ff"},
+                       {"name": "eth0", "mac": "11:22:33:44:55:66", "sandbox": "/var/run/netns/p"}],
+        "ips": [{"address": "10.32.0.5/12", "gateway": "10.32.0.1", "interface": 1}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "10.32.0.1"}],
+        "dns": {}
+    });
+    let r = CniResult::parse(&raw).unwrap();
+    let ip = r.ip_of("eth0").unwrap();
+    assert_eq!(ip.address, "10.32.0.5/12".parse().unwrap());
+    assert_eq!(ip.gateway, Some(Ipv4Addr::new(10, 32, 0, 1)));
+    assert_eq!(r.default_route().unwrap().gw, Some(Ipv4Addr::new(10, 32, 0, 1)));
+    assert!(r.ip_of("vethab12").is_err(), "host-side interfaces carry no pod address");
+    let mut bad = raw.clone();
+    bad["ips"][0]["interface"] = json!(7);
+    assert!(CniResult::parse(&bad).is_err());
+    assert!(CniResult::parse(&json!({"ips": []})).is_err(), "cniVersion is required");
+
+    let range = ipalloc_range();
+    assert!(range.contains_host(Ipv4Addr::new(10, 47, 255, 254)));
+    assert!(!range.contains_host(Ipv4Addr::new(10, 47, 255, 255)));
+    assert!(!range.contains_host(Ipv4Addr::new(10, 32, 0, 0)));
+    assert!(!range.contains(Ipv4Addr::new(10, 48, 0, 1)));
+    assert!("10.32.0.0/33".parse::<Ipv4Net>().is_err());
 }

@@ -5,16 +5,16 @@
 use crate::core::{Command, Shared};
 use crate::ipam::IpamReply;
 use axum::extract::{ConnectInfo, Query, RawForm, State};
-use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
-use std::net::SocketAddr;
-use tokio::sync::oneshot;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Json;
 use axum::Router;
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -224,6 +224,9 @@ async fn ipam_status(State(s): State<Arc<Shared>>, ConnectInfo(peer): ConnectInf
         return r;
     }
     let snap = s.snapshot();
+    if !snap.ipam_ready {
+        s.command(Command::IpamWanted);
+    }
     Json(json!({
         "ready": snap.ready && snap.ipam_ready,
         "range": snap.ipam_range,
@@ -263,7 +266,11 @@ async fn weave_ip_release(
     }
 }
 
-async fn rmpeer(State(s): State<Arc<Shared>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, RawForm(form): RawForm) -> Response {
+async fn rmpeer(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawForm(form): RawForm,
+) -> Response {
     if let Err(r) = local_only(peer) {
         return r;
     }

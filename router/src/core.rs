@@ -37,17 +37,54 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// Everything the I/O tasks, the data path and the API tell the core.
 #[derive(Debug)]
 pub enum Command {
-    Connect { peers: Vec<String>, replace: bool },
-    Forget { peers: Vec<String> },
-    Accepted { stream: TcpStream, addr: SocketAddr },
-    Dialed { target: String, result: Result<(TcpStream, SocketAddr), String> },
-    Input { id: u64, data: Vec<u8> },
-    Closed { id: u64, reason: String },
-    IpamAllocate { container_id: String, ifname: String, reply: crate::ipam::Waiter },
-    IpamRelease { container_id: String, ifname: Option<String>, reply: oneshot::Sender<usize> },
-    IpamLookup { container_id: String, ifname: String, reply: oneshot::Sender<Option<crate::ipam::Lease>> },
-    IpamGc { valid: Vec<(String, String)>, reply: oneshot::Sender<usize> },
-    Rmpeer { peer: String, reply: oneshot::Sender<Result<String, String>> },
+    Connect {
+        peers: Vec<String>,
+        replace: bool,
+    },
+    Forget {
+        peers: Vec<String>,
+    },
+    Accepted {
+        stream: TcpStream,
+        addr: SocketAddr,
+    },
+    Dialed {
+        target: String,
+        result: Result<(TcpStream, SocketAddr), String>,
+    },
+    Input {
+        id: u64,
+        data: Vec<u8>,
+    },
+    Closed {
+        id: u64,
+        reason: String,
+    },
+    IpamAllocate {
+        container_id: String,
+        ifname: String,
+        reply: crate::ipam::Waiter,
+    },
+    IpamRelease {
+        container_id: String,
+        ifname: Option<String>,
+        reply: oneshot::Sender<usize>,
+    },
+    IpamLookup {
+        container_id: String,
+        ifname: String,
+        reply: oneshot::Sender<Option<crate::ipam::Lease>>,
+    },
+    IpamGc {
+        valid: Vec<(String, String)>,
+        reply: oneshot::Sender<usize>,
+    },
+    Rmpeer {
+        peer: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// A runtime asked whether IPAM is ready.
+    IpamWanted,
 }
 
 /// A UDP heartbeat seen by the data path, for the connection it belongs to.
@@ -448,6 +485,10 @@ impl Core {
             }
             Command::Rmpeer { peer, reply } => {
                 let _ = reply.send(self.rmpeer(&peer, now));
+                return true;
+            }
+            Command::IpamWanted => {
+                self.ipam.want();
                 return true;
             }
         }

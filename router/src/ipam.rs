@@ -64,6 +64,9 @@ pub struct IpamService {
     pending: Vec<Pending>,
     gateway: Option<Ipv4Addr>,
     exposed: bool,
+    /// Someone (a CNI STATUS, i.e. a runtime about to create pods) asked
+    /// whether the network is ready: start agreeing on the range now.
+    wanted: bool,
     mtu: u32,
     bridge: String,
     local: PeerName,
@@ -106,7 +109,24 @@ impl IpamService {
             Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
         };
         let gateway = ipam.lookup(EXPOSE_ID, bridge);
-        Ok(IpamService { ipam, path, pending: Vec::new(), gateway, exposed: false, mtu, bridge: bridge.to_string(), local })
+        Ok(IpamService {
+            ipam,
+            path,
+            pending: Vec::new(),
+            gateway,
+            exposed: false,
+            wanted: false,
+            mtu,
+            bridge: bridge.to_string(),
+            local,
+        })
+    }
+
+    /// A runtime checks readiness before its first pod (CNI STATUS): the
+    /// answer must become "ready" without waiting for an ADD that will
+    /// never come while it says "not ready".
+    pub fn want(&mut self) {
+        self.wanted = true;
     }
 
     pub fn range(&self) -> Range {
@@ -245,9 +265,10 @@ impl IpamService {
             }
         }
         self.pending = still;
-        // The bridge gets its address as soon as space exists, not only
-        // with the first pod, so the node can reach pods from the start.
-        if self.gateway.is_none() && self.ipam.is_ready() {
+        // The bridge gets its address as soon as space exists (or a runtime
+        // asks), not only with the first pod, so the node can reach pods
+        // from the start. Clusters that never use weft's IPAM get none.
+        if self.gateway.is_none() && (self.ipam.is_ready() || self.wanted) {
             if let Ok(g) = self.ipam.allocate(now, EXPOSE_ID, &self.bridge) {
                 self.gateway = Some(g);
             }
@@ -278,8 +299,13 @@ impl IpamService {
     pub fn render_status(&self, nickname: impl Fn(PeerName) -> String) -> String {
         let st = self.ipam.status();
         let mut out = String::new();
-        let _ = writeln!(out, "Range: {}  ready: {}  gateway: {}", self.range(), self.ipam.is_ready(),
-            self.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into()));
+        let _ = writeln!(
+            out,
+            "Range: {}  ready: {}  gateway: {}",
+            self.range(),
+            self.ipam.is_ready(),
+            self.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
+        );
         let total = self.range().size() as f64;
         for p in &st.peers {
             let _ = writeln!(

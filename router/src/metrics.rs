@@ -133,7 +133,8 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE weft_peers gauge");
         let _ = writeln!(out, "weft_peers {}", gauges.peers);
         let (used, free, unreachable, conflicts) = gauges.ipam;
-        let _ = writeln!(out, "# HELP weft_ipam_addresses Addresses of the range by state, as this peer sees the cluster.");
+        let _ =
+            writeln!(out, "# HELP weft_ipam_addresses Addresses of the range by state, as this peer sees the cluster.");
         let _ = writeln!(out, "# TYPE weft_ipam_addresses gauge");
         let _ = writeln!(out, "weft_ipam_addresses{{state=\"used\"}} {used}");
         let _ = writeln!(out, "weft_ipam_addresses{{state=\"free\"}} {free}");

@@ -93,7 +93,12 @@ impl Snapshot {
                 None => connections.push((c.state, c.overlay, 1)),
             }
         }
-        Gauges { connections, peers: self.peers.len(), termination_count: self.termination_count, ipam: self.ipam_gauges }
+        Gauges {
+            connections,
+            peers: self.peers.len(),
+            termination_count: self.termination_count,
+            ipam: self.ipam_gauges,
+        }
     }
 
     fn connection_counts(&self) -> String {
