@@ -4,12 +4,14 @@
 
 use crate::core::{Command, Shared};
 use crate::ipam::IpamReply;
-use axum::extract::{ConnectInfo, Query, RawForm, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, RawForm, Request, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use axum::Router;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -90,13 +92,36 @@ async fn ask<T>(s: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Command) ->
     rx.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "weft router is shutting down"))
 }
 
-/// The IPAM endpoints hand out and free addresses: only processes on this
-/// node (the CNI plugin) may use them, even if --http-addr is widened.
-fn local_only(peer: SocketAddr) -> Result<(), Response> {
-    if peer.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(error(StatusCode::FORBIDDEN, "the IPAM API is only available from the node itself"))
+/// Admits only requests from processes on this node: the IPAM endpoints
+/// hand out and free addresses, so they stay local even if --http-addr is
+/// widened.
+struct FromNode;
+
+impl<S: Send + Sync> FromRequestParts<S> for FromNode {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let ConnectInfo(peer) =
+            ConnectInfo::<SocketAddr>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        if peer.ip().is_loopback() {
+            Ok(FromNode)
+        } else {
+            Err(error(StatusCode::FORBIDDEN, "the IPAM API is only available from the node itself"))
+        }
+    }
+}
+
+/// A JSON request body, rejected with our JSON error shape.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(t)) => Ok(Body(t)),
+            Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("bad request body: {e}"))),
+        }
     }
 }
 
@@ -111,6 +136,9 @@ fn default_ifname() -> String {
     "eth0".to_string()
 }
 
+// The error is a ready-made response; its size is irrelevant next to the
+// HTTP round trip.
+#[allow(clippy::result_large_err)]
 fn check_id(id: &str) -> Result<(), Response> {
     if id.is_empty() || id.len() > 256 {
         return Err(error(StatusCode::BAD_REQUEST, "container_id must be 1 to 256 characters"));
@@ -133,16 +161,9 @@ async fn allocate(s: &Shared, container_id: String, ifname: String) -> Result<cr
 
 async fn ipam_allocate(
     State(s): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Json<AllocateReq>, axum::extract::rejection::JsonRejection>,
+    _: FromNode,
+    Body(req): Body<AllocateReq>,
 ) -> Response {
-    if let Err(r) = local_only(peer) {
-        return r;
-    }
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
-    };
     match allocate(&s, req.container_id, req.ifname).await {
         Ok(lease) => Json(lease).into_response(),
         Err(r) => r,
@@ -157,16 +178,9 @@ struct ReleaseReq {
 
 async fn ipam_release(
     State(s): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Json<ReleaseReq>, axum::extract::rejection::JsonRejection>,
+    _: FromNode,
+    Body(req): Body<ReleaseReq>,
 ) -> Response {
-    if let Err(r) = local_only(peer) {
-        return r;
-    }
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
-    };
     match ask(&s, |reply| Command::IpamRelease { container_id: req.container_id, ifname: req.ifname, reply }).await {
         Ok(n) => Json(json!({ "released": n })).into_response(),
         Err(r) => r,
@@ -182,12 +196,9 @@ struct LookupReq {
 
 async fn ipam_lookup(
     State(s): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _: FromNode,
     Query(q): Query<LookupReq>,
 ) -> Response {
-    if let Err(r) = local_only(peer) {
-        return r;
-    }
     match ask(&s, |reply| Command::IpamLookup { container_id: q.container_id, ifname: q.ifname, reply }).await {
         Ok(Some(lease)) => Json(lease).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no address allocated for that container and interface"),
@@ -202,16 +213,9 @@ struct GcReq {
 
 async fn ipam_gc(
     State(s): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Json<GcReq>, axum::extract::rejection::JsonRejection>,
+    _: FromNode,
+    Body(req): Body<GcReq>,
 ) -> Response {
-    if let Err(r) = local_only(peer) {
-        return r;
-    }
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
-    };
     let valid = req.valid.into_iter().map(|v| (v.container_id, v.ifname.unwrap_or_else(default_ifname))).collect();
     match ask(&s, |reply| Command::IpamGc { valid, reply }).await {
         Ok(n) => Json(json!({ "released": n })).into_response(),
@@ -219,10 +223,7 @@ async fn ipam_gc(
     }
 }
 
-async fn ipam_status(State(s): State<Arc<Shared>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if let Err(r) = local_only(peer) {
-        return r;
-    }
+async fn ipam_status(State(s): State<Arc<Shared>>, _: FromNode) -> Response {
     let snap = s.snapshot();
     if !snap.ipam_ready {
         s.command(Command::IpamWanted);
@@ -240,12 +241,9 @@ async fn ipam_status(State(s): State<Arc<Shared>>, ConnectInfo(peer): ConnectInf
 /// Weave's `POST /ip/<id>`: the address as text.
 async fn weave_ip_allocate(
     State(s): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _: FromNode,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    if let Err(r) = local_only(peer) {
-        return r;
-    }
     match allocate(&s, id, default_ifname()).await {
         Ok(lease) => text(format!("{}\n", lease.ip)),
         Err(r) => r,
@@ -254,12 +252,9 @@ async fn weave_ip_allocate(
 
 async fn weave_ip_release(
     State(s): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _: FromNode,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    if let Err(r) = local_only(peer) {
-        return r;
-    }
     match ask(&s, |reply| Command::IpamRelease { container_id: id, ifname: None, reply }).await {
         Ok(_) => text(String::new()),
         Err(r) => r,
@@ -268,12 +263,9 @@ async fn weave_ip_release(
 
 async fn rmpeer(
     State(s): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _: FromNode,
     RawForm(form): RawForm,
 ) -> Response {
-    if let Err(r) = local_only(peer) {
-        return r;
-    }
     let Some(name) = form_urlencoded_pairs(&form).into_iter().find(|(k, _)| k == "peer").map(|(_, v)| v) else {
         return error(StatusCode::BAD_REQUEST, "rmpeer needs peer=NAME or NICKNAME");
     };

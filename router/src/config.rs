@@ -26,9 +26,12 @@ pub struct RouterArgs {
     /// Linux bridge that pods attach to; created if missing, used as is otherwise.
     #[arg(long, env = "WEFT_BRIDGE", default_value = "weft")]
     pub bridge: String,
-    /// Where the peer name (and later IPAM state) is persisted.
-    #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
-    pub data_dir: PathBuf,
+    /// Where the peer name and IPAM state are persisted. Default
+    /// /var/lib/weft; a router outside the host's network namespace that is
+    /// not given one uses /var/lib/weft/netns-<id>, so that several routers
+    /// on one machine (namespaced test clusters) never share an identity.
+    #[arg(long, env = "WEFT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Pod-facing MTU. Default: the underlay MTU toward the peers minus weft's overhead.
     #[arg(long, env = "WEFT_MTU")]
     pub mtu: Option<u32>,
@@ -96,7 +99,7 @@ impl Config {
             nickname,
             port: args.port,
             bridge: args.bridge,
-            data_dir: args.data_dir,
+            data_dir: args.data_dir.unwrap_or_else(default_data_dir),
             mtu: args.mtu,
             conn_limit: args.conn_limit,
             discovery: !args.no_discovery,
@@ -112,4 +115,18 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "weft".to_string())
+}
+
+const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
+
+fn default_data_dir() -> PathBuf {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    match (ns("self"), ns("1")) {
+        (Some(mine), Some(host)) if mine != host => {
+            // "net:[4026532177]" -> "4026532177"
+            let id: String = mine.to_string_lossy().chars().filter(char::is_ascii_digit).collect();
+            PathBuf::from(DEFAULT_DATA_DIR).join(format!("netns-{id}"))
+        }
+        _ => PathBuf::from(DEFAULT_DATA_DIR),
+    }
 }

@@ -350,17 +350,6 @@ impl IpamService {
     /// (used, free, unreachable) address counts for the metrics page.
     pub fn gauges(&self) -> (u64, u64, u64) {
         let st = self.ipam.status();
-        let mut used = 0u64;
-        let mut free = 0u64;
-        let mut unreachable = 0u64;
-        for p in &st.peers {
-            if p.reachable || p.name == self.local {
-                used += (p.owned.saturating_sub(p.free)) as u64;
-                free += p.free as u64;
-            } else {
-                unreachable += p.owned as u64;
-            }
-        }
-        (used, free, unreachable)
+        (st.used, st.free, st.unreachable)
     }
 }
