@@ -319,3 +319,32 @@ fn silent_link_times_out_and_traffic_reroutes() {
         ping_both_ways(&pa, &pc)
     });
 }
+
+/// SIGTERM ends the router cleanly (exit status 0, peers see the
+/// connection close at once); the bridge and its pods stay, and a
+/// restarted router reuses them and reconnects.
+#[test]
+fn sigterm_is_clean_and_a_restart_reuses_the_bridge() {
+    with_cluster(2, |c| {
+        start_routers(c, &[&[], &[0]])?;
+        c.wait_mesh(&[0, 1], CONVERGE)?;
+        let a = c.add_pod(0, pod_ip(0, 0))?;
+        let b = c.add_pod(1, pod_ip(1, 0))?;
+        ping_both_ways(&a, &b)?;
+        let a_name = c.report(0)?.name()?;
+
+        let status = c.stop_router(0)?;
+        ensure!(status.success(), "router exited with {status} on SIGTERM");
+        let bridge = c.node_ns(0).run_ok("ip", &["-o", "link", "show", "weft"])?;
+        ensure!(bridge.contains("weft"), "bridge gone after SIGTERM: {bridge}");
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            Ok(!c.report(1)?.unicast_dests()?.contains(&a_name))
+        })
+        .context("node 1 still routes to the stopped router")?;
+
+        c.restart_router(0)?;
+        c.wait_ready(0)?;
+        ensure!(c.report(0)?.name()? == a_name, "peer name changed across a restart");
+        ping_both_ways(&a, &b)
+    });
+}

@@ -159,11 +159,7 @@ async fn allocate(s: &Shared, container_id: String, ifname: String) -> Result<cr
     }
 }
 
-async fn ipam_allocate(
-    State(s): State<Arc<Shared>>,
-    _: FromNode,
-    Body(req): Body<AllocateReq>,
-) -> Response {
+async fn ipam_allocate(State(s): State<Arc<Shared>>, _: FromNode, Body(req): Body<AllocateReq>) -> Response {
     match allocate(&s, req.container_id, req.ifname).await {
         Ok(lease) => Json(lease).into_response(),
         Err(r) => r,
@@ -176,11 +172,7 @@ struct ReleaseReq {
     ifname: Option<String>,
 }
 
-async fn ipam_release(
-    State(s): State<Arc<Shared>>,
-    _: FromNode,
-    Body(req): Body<ReleaseReq>,
-) -> Response {
+async fn ipam_release(State(s): State<Arc<Shared>>, _: FromNode, Body(req): Body<ReleaseReq>) -> Response {
     match ask(&s, |reply| Command::IpamRelease { container_id: req.container_id, ifname: req.ifname, reply }).await {
         Ok(n) => Json(json!({ "released": n })).into_response(),
         Err(r) => r,
@@ -194,11 +186,7 @@ struct LookupReq {
     ifname: String,
 }
 
-async fn ipam_lookup(
-    State(s): State<Arc<Shared>>,
-    _: FromNode,
-    Query(q): Query<LookupReq>,
-) -> Response {
+async fn ipam_lookup(State(s): State<Arc<Shared>>, _: FromNode, Query(q): Query<LookupReq>) -> Response {
     match ask(&s, |reply| Command::IpamLookup { container_id: q.container_id, ifname: q.ifname, reply }).await {
         Ok(Some(lease)) => Json(lease).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no address allocated for that container and interface"),
@@ -211,11 +199,7 @@ struct GcReq {
     valid: Vec<ReleaseReq>,
 }
 
-async fn ipam_gc(
-    State(s): State<Arc<Shared>>,
-    _: FromNode,
-    Body(req): Body<GcReq>,
-) -> Response {
+async fn ipam_gc(State(s): State<Arc<Shared>>, _: FromNode, Body(req): Body<GcReq>) -> Response {
     let valid = req.valid.into_iter().map(|v| (v.container_id, v.ifname.unwrap_or_else(default_ifname))).collect();
     match ask(&s, |reply| Command::IpamGc { valid, reply }).await {
         Ok(n) => Json(json!({ "released": n })).into_response(),
@@ -261,11 +245,7 @@ async fn weave_ip_release(
     }
 }
 
-async fn rmpeer(
-    State(s): State<Arc<Shared>>,
-    _: FromNode,
-    RawForm(form): RawForm,
-) -> Response {
+async fn rmpeer(State(s): State<Arc<Shared>>, _: FromNode, RawForm(form): RawForm) -> Response {
     let Some(name) = form_urlencoded_pairs(&form).into_iter().find(|(k, _)| k == "peer").map(|(_, v)| v) else {
         return error(StatusCode::BAD_REQUEST, "rmpeer needs peer=NAME or NICKNAME");
     };
