@@ -147,6 +147,25 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// Test support for decoders: flips some bytes of a valid encoding and
+/// cuts it short, then decodes both versions. The decoder must return
+/// (anything) without panicking; arbitrary bytes alone rarely get past a
+/// format's header, mutated valid encodings reach the per-record checks.
+#[cfg(test)]
+pub(crate) fn decode_mutated<T>(
+    mut buf: Vec<u8>,
+    flips: &[(proptest::sample::Index, u8)],
+    cut: proptest::sample::Index,
+    decode: impl Fn(&[u8]) -> T,
+) {
+    for (at, byte) in flips {
+        let i = at.index(buf.len());
+        buf[i] ^= byte;
+    }
+    let _ = decode(&buf);
+    let _ = decode(&buf[..cut.index(buf.len())]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -282,13 +282,7 @@ mod tests {
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
             cut in any::<prop::sample::Index>(),
         ) {
-            let mut buf = encoded(&s);
-            for (at, byte) in flips {
-                let i = at.index(buf.len());
-                buf[i] ^= byte;
-            }
-            let _ = decode(&buf);
-            let _ = decode(&buf[..cut.index(buf.len())]);
+            crate::codec::decode_mutated(encoded(&s), &flips, cut, decode);
         }
 
         #[test]

@@ -170,13 +170,9 @@ mod tests {
         fn never_panics_on_mutated_state(
             p in arb_persisted(),
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in any::<prop::sample::Index>(),
         ) {
-            let mut buf = encoded(&p);
-            for (at, byte) in flips {
-                let i = at.index(buf.len());
-                buf[i] ^= byte;
-            }
-            let _ = decode(&buf);
+            crate::codec::decode_mutated(encoded(&p), &flips, cut, decode);
         }
 
         #[test]

@@ -169,13 +169,7 @@ pub(super) mod tests {
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
             cut in any::<prop::sample::Index>(),
         ) {
-            let mut buf = encoded(&records);
-            for (at, byte) in flips {
-                let i = at.index(buf.len());
-                buf[i] ^= byte;
-            }
-            let _ = decode(&buf);
-            let _ = decode(&buf[..cut.index(buf.len())]);
+            crate::codec::decode_mutated(encoded(&records), &flips, cut, decode);
         }
 
         #[test]
