@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod codec;
 pub mod control;
 pub mod ethernet;
+pub mod fastdp;
 pub mod icmp;
 pub mod ipam;
 pub mod mac_table;

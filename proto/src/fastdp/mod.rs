@@ -1,0 +1,10 @@
+//! Groundwork for the kernel-VXLAN fast path ("fastdp"): which path each
+//! connection's pod frames take, and which kernel forwarding entries that
+//! implies. Pure: the router owns the VXLAN device, sends and receives the
+//! heartbeats, and applies the planned forwarding entries over netlink.
+
+pub mod fdb;
+pub mod path;
+
+pub use fdb::{desired_entries, plan, FdbEntry, FdbPlan};
+pub use path::{Path, PathConfig, PathEvent, PathSelector, SleeveReason};
