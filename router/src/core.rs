@@ -18,7 +18,9 @@ use tokio::sync::mpsc::{self, Receiver, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use weft_proto::backoff::Backoff;
-use weft_proto::control::{Connection, ConnectionError, Event, LocalPeer, Message, RemotePeer, State, Timers};
+use weft_proto::control::{
+    keep_new_connection, Candidate, Connection, ConnectionError, Event, LocalPeer, Message, RemotePeer, State, Timers,
+};
 use weft_proto::mac_table::MacTable;
 use weft_proto::topology::{ConnectionInfo, Topology};
 use weft_proto::PeerName;
@@ -771,13 +773,12 @@ impl Core {
 
     fn handshake_complete(&mut self, id: u64, remote: RemotePeer, now: Instant) {
         // Duplicate connection to the same peer: both ends keep the same one.
-        let dup = self
-            .conns
-            .iter()
-            .find(|(other, c)| **other != id && c.remote().is_some_and(|r| r.name == remote.name))
-            .map(|(other, c)| (*other, c.proto.outbound(), c.remote().map(|r| r.uid)));
+        let dup = self.conns.iter().filter(|(other, _)| **other != id).find_map(|(other, c)| {
+            let r = c.remote().filter(|r| r.name == remote.name)?;
+            Some((*other, Candidate { outbound: c.proto.outbound(), remote_uid: r.uid }))
+        });
         let Some(c) = self.conns.get(&id) else { return };
-        let new_outbound = c.proto.outbound();
+        let new = Candidate { outbound: c.proto.outbound(), remote_uid: remote.uid };
         if let Origin::Target(key) = &c.origin {
             if let Some(t) = self.targets.get_mut(key) {
                 t.peer = Some(remote.name);
@@ -785,11 +786,8 @@ impl Core {
                 t.backoff.reset();
             }
         }
-        if let Some((other, other_outbound, other_uid)) = dup {
-            // A new incarnation of the peer always wins: the old connection
-            // belongs to a process that no longer exists.
-            let keep_new = other_uid != Some(remote.uid)
-                || weft_proto::control::keep_new_connection(self.local.name, remote.name, other_outbound, new_outbound);
+        if let Some((other, existing)) = dup {
+            let keep_new = keep_new_connection(self.local.name, remote.name, existing, new);
             let loser = if keep_new { other } else { id };
             // A target whose dial lost stays quiet while the peer is
             // connected; it is not an error.

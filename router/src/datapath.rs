@@ -173,17 +173,22 @@ impl Encapsulator {
     }
 }
 
+/// Learns one MAC; a move between owners is counted and logged.
+fn learn(shared: &Shared, macs: &mut MacTable, now: Instant, mac: weft_proto::ethernet::MacAddr, owner: Owner) {
+    if let Learned::Moved { from } = macs.learn(now, mac, owner) {
+        shared.metrics.mac_moves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!("MAC {mac} moved from {from} to {owner}");
+    }
+}
+
 /// Learns MACs for a whole batch under one lock.
 fn learn_all(shared: &Shared, now: Instant, learned: &mut Vec<(weft_proto::ethernet::MacAddr, Owner)>) {
     if learned.is_empty() {
         return;
     }
-    let mut macs: std::sync::MutexGuard<'_, MacTable> = shared.lock_macs();
+    let mut macs = shared.lock_macs();
     for (mac, owner) in learned.drain(..) {
-        if let Learned::Moved { from } = macs.learn(now, mac, owner) {
-            shared.metrics.mac_moves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!("MAC {mac} moved from {from} to {owner}");
-        }
+        learn(shared, &mut macs, now, mac, owner);
     }
 }
 
@@ -193,7 +198,6 @@ struct TapToUdp {
     frames: Vec<Box<[u8]>>,
     lens: Vec<usize>,
     plan: Vec<Planned>,
-    learned: Vec<(weft_proto::ethernet::MacAddr, Owner)>,
     encap: Encapsulator,
     icmp: Box<[u8]>,
 }
@@ -206,7 +210,6 @@ impl TapToUdp {
             frames: (0..BATCH).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect(),
             lens: Vec::with_capacity(BATCH),
             plan: Vec::with_capacity(BATCH * 4),
-            learned: Vec::with_capacity(BATCH),
             encap: Encapsulator::new(local),
             icmp: vec![0u8; weft_proto::icmp::MAX_REPLY_LEN].into_boxed_slice(),
         }
@@ -253,22 +256,18 @@ impl TapToUdp {
         Ok(())
     }
 
+    /// One pass and one MAC-table lock per batch: learn each frame's
+    /// source, look up its destination, plan its next hop(s).
     fn plan_batch(&mut self, fwd: &Forwarding) {
         self.plan.clear();
         let now = Instant::now();
-        // Learn first so that a frame's own source can't race its lookup.
-        for (i, &len) in self.lens.iter().enumerate() {
-            if let Ok(eth) = EthernetFrame::new_checked(&self.frames[i][..len]) {
-                self.learned.push((eth.src(), Owner::Local));
-            }
-        }
-        learn_all(&self.shared, now, &mut self.learned);
-        let macs = self.shared.lock_macs();
+        let mut macs = self.shared.lock_macs();
         for (i, &len) in self.lens.iter().enumerate() {
             let Ok(eth) = EthernetFrame::new_checked(&self.frames[i][..len]) else {
                 self.shared.metrics.drop(Drop::MalformedFrame, 1);
                 continue;
             };
+            learn(&self.shared, &mut macs, now, eth.src(), Owner::Local);
             let dst = eth.dst();
             let owner = if dst.is_unicast() { macs.lookup(now, dst) } else { None };
             let mut plan = |hop: PeerName, dest: PeerName| {

@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::cmd::{run_bounded, CMD_TIMEOUT, TERM_GRACE};
 use crate::endpoint::{Pod, PodSpec, UnderlayHost};
 use crate::http::http_request;
+use crate::netns::plug_veth;
 use crate::netns::{sweep_stale, unique_prefix, Netns};
 use crate::preflight::require_env;
 use crate::report::Report;
@@ -95,7 +96,7 @@ impl ClusterBuilder {
         for i in 0..self.nodes {
             let netns = Netns::create(format!("{prefix}n{i}"))?;
             let ip = node_ip(i);
-            plug_into_wire(&wire, &format!("n{i}"), &netns, ip, &mtu)?;
+            plug_veth(&wire, &format!("n{i}"), WIRE_BRIDGE, &netns, &format!("{ip}/24"), self.underlay_mtu)?;
             let data_dir = scratch.path.join(format!("node{i}-data"));
             std::fs::create_dir_all(&data_dir)?;
             nodes.push(Node {
@@ -119,29 +120,6 @@ impl ClusterBuilder {
             next_block: AtomicU32::new(0),
         })
     }
-}
-
-fn plug_into_wire(wire: &Netns, wire_side: &str, ns: &Netns, ip: Ipv4Addr, mtu: &str) -> Result<()> {
-    wire.ip(&[
-        "link",
-        "add",
-        wire_side,
-        "mtu",
-        mtu,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "mtu",
-        mtu,
-        "netns",
-        ns.name(),
-    ])?;
-    wire.ip(&["link", "set", wire_side, "master", WIRE_BRIDGE, "up"])?;
-    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    Ok(())
 }
 
 /// The per-cluster temp directory (logs, data dirs); kept when a test fails.
@@ -515,8 +493,8 @@ impl Cluster {
         }
         let ip = Ipv4Addr::new(172, 31, 0, 200 + k as u8);
         let netns = Netns::create(format!("{}h{k}", self.prefix))?;
-        let mtu = self.wire.link_mtu(WIRE_BRIDGE)?.context("wire bridge missing")?.to_string();
-        plug_into_wire(&self.wire, &format!("h{k}"), &netns, ip, &mtu)?;
+        let mtu = self.wire.link_mtu(WIRE_BRIDGE)?.context("wire bridge missing")?;
+        plug_veth(&self.wire, &format!("h{k}"), WIRE_BRIDGE, &netns, &format!("{ip}/24"), mtu)?;
         Ok(UnderlayHost { netns, ip })
     }
 

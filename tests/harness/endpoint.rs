@@ -85,28 +85,7 @@ impl Pod {
     pub fn attach(spec: PodSpec<'_>) -> Result<Pod> {
         let PodSpec { node_ns, node, bridge, name, host_veth, ip, prefix_len, mtu } = spec;
         let netns = Netns::create(name)?;
-        let mtu_s = mtu.to_string();
-        // The node-side MTU must match before enslaving: a smaller port
-        // would lower the bridge's MTU.
-        node_ns.ip(&[
-            "link",
-            "add",
-            &host_veth,
-            "mtu",
-            &mtu_s,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "mtu",
-            &mtu_s,
-            "netns",
-            netns.name(),
-        ])?;
-        node_ns.ip(&["link", "set", &host_veth, "master", bridge, "up"])?;
-        netns.ip(&["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
+        crate::netns::plug_veth(node_ns, &host_veth, bridge, &netns, &format!("{ip}/{prefix_len}"), mtu)?;
         Ok(Pod { netns, ip, node, host_veth, mtu })
     }
 

@@ -234,3 +234,31 @@ where
         f()
     })
 }
+
+/// Plugs `ns` into `bridge` (in `host_ns`) with a veth pair: `host_side` on
+/// the bridge, `eth0` with address `cidr` inside `ns`, both with `mtu` and up.
+/// The host side gets its MTU before joining the bridge, because a smaller
+/// port would lower the bridge's MTU.
+pub fn plug_veth(host_ns: &Netns, host_side: &str, bridge: &str, ns: &Netns, cidr: &str, mtu: u32) -> Result<()> {
+    let mtu = mtu.to_string();
+    host_ns.ip(&[
+        "link",
+        "add",
+        host_side,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "mtu",
+        &mtu,
+        "netns",
+        ns.name(),
+    ])?;
+    host_ns.ip(&["link", "set", host_side, "master", bridge, "up"])?;
+    ns.ip(&["addr", "add", cidr, "dev", "eth0"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    Ok(())
+}

@@ -27,7 +27,7 @@ pub use handshake::{
     PROTOCOL_MIN_VERSION,
 };
 pub use message::Message;
-pub use tie_break::keep_new_connection;
+pub use tie_break::{keep_new_connection, Candidate};
 
 /// The TCP port peers listen on for control connections.
 pub const CONTROL_PORT: u16 = 6783;

@@ -6,10 +6,21 @@
 
 use crate::PeerName;
 
+/// One of the two connections being compared, as the local peer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The local peer dialled it.
+    pub outbound: bool,
+    /// The remote's incarnation UID from its handshake.
+    pub remote_uid: u64,
+}
+
 /// Whether to keep a `new` connection to `remote` that just completed its
-/// handshake, closing the `existing` one, rather than the other way round;
-/// `*_outbound` say whether the local peer dialled each.
+/// handshake, closing the `existing` one, rather than the other way round.
 ///
+/// - Different incarnations of the remote: keep the new one. The existing
+///   connection belongs to a process that no longer exists (a restarted
+///   router reconnecting before our heartbeat timeout noticed).
 /// - Different diallers (the simultaneous-dial race): keep the connection
 ///   dialled by the peer with the greater name. Both ends compare the same
 ///   two names, so they agree whichever connection each saw first.
@@ -20,15 +31,15 @@ use crate::PeerName;
 ///
 /// Self-connections are rejected during the handshake and never get here;
 /// for `local == remote` this keeps the existing connection.
-pub fn keep_new_connection(local: PeerName, remote: PeerName, existing_outbound: bool, new_outbound: bool) -> bool {
-    if existing_outbound == new_outbound {
+pub fn keep_new_connection(local: PeerName, remote: PeerName, existing: Candidate, new: Candidate) -> bool {
+    if existing.remote_uid != new.remote_uid || existing.outbound == new.outbound {
         return true;
     }
     if local == remote {
         return false;
     }
     let keep_outbound = local > remote;
-    new_outbound == keep_outbound
+    new.outbound == keep_outbound
 }
 
 #[cfg(test)]
@@ -45,7 +56,8 @@ mod tests {
     /// What `me` keeps when it saw `existing` first, then `new`.
     fn kept_by(me: PeerName, other: PeerName, existing: Conn, new: Conn) -> Conn {
         let outbound = |c: Conn| c.dialler == me;
-        if keep_new_connection(me, other, outbound(existing), outbound(new)) {
+        let cand = |c: Conn| Candidate { outbound: outbound(c), remote_uid: 1 };
+        if keep_new_connection(me, other, cand(existing), cand(new)) {
             new
         } else {
             existing
@@ -85,8 +97,23 @@ mod tests {
             let dialler = if dialler_is_a { a } else { b };
             let old = Conn { dialler };
             let new = Conn { dialler };
-            prop_assert!(keep_new_connection(a, b, old.dialler == a, new.dialler == a));
-            prop_assert!(keep_new_connection(b, a, old.dialler == b, new.dialler == b));
+            let at = |me: PeerName, c: Conn| Candidate { outbound: c.dialler == me, remote_uid: 1 };
+            prop_assert!(keep_new_connection(a, b, at(a, old), at(a, new)));
+            prop_assert!(keep_new_connection(b, a, at(b, old), at(b, new)));
+        }
+
+        /// A connection from a new incarnation of the remote (it restarted)
+        /// always replaces the old one, whoever dialled which.
+        #[test]
+        fn new_incarnation_wins(
+            (local, remote) in distinct_names(),
+            existing_outbound in any::<bool>(),
+            new_outbound in any::<bool>(),
+            (old_uid, new_uid) in (any::<u64>(), any::<u64>()).prop_filter("distinct", |(a, b)| a != b),
+        ) {
+            let existing = Candidate { outbound: existing_outbound, remote_uid: old_uid };
+            let new = Candidate { outbound: new_outbound, remote_uid: new_uid };
+            prop_assert!(keep_new_connection(local, remote, existing, new));
         }
     }
 }
