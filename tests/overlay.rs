@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use weft_tests::report::address_host;
+use weft_tests::scenario::{self, with_cluster};
 use weft_tests::*;
 
 /// Time for routers to find each other and bring connections up.
@@ -16,27 +17,13 @@ const CONVERGE: Duration = Duration::from_secs(30);
 const REACH: Duration = Duration::from_secs(20);
 const PINGS: u32 = 5;
 
-/// Runs `scenario` on a fresh `n`-node cluster and panics on `Err` while the
-/// cluster is still alive, so that its drop prints every node's log tail.
-fn with_cluster(n: usize, scenario: impl FnOnce(&Cluster) -> Result<()>) {
-    let cluster = Cluster::new(n).expect("building the namespace cluster");
-    if let Err(e) = scenario(&cluster) {
-        panic!("{e:#}");
-    }
-}
-
 /// Starts routers: `peers[i]` lists the nodes router `i` is told about.
 fn start_routers(c: &Cluster, peers: &[&[usize]]) -> Result<()> {
-    for (i, p) in peers.iter().enumerate() {
-        c.start_router(i, &[], p)?;
-    }
-    c.wait_ready_all()
+    scenario::start_routers(c, peers, &[])
 }
 
 fn ping_both_ways(a: &Pod, b: &Pod) -> Result<()> {
-    a.ping_ok(b.ip(), PINGS, REACH)?;
-    b.ping_ok(a.ip(), PINGS, REACH)?;
-    Ok(())
+    scenario::ping_both_ways(a, b, PINGS, REACH)
 }
 
 #[test]

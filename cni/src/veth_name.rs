@@ -7,6 +7,8 @@
 //! whole attachment, so a colliding name never makes us delete another
 //! pod's link.
 
+use weft_netlink::POD_VETH_TAG_PREFIX;
+
 use crate::env::Attachment;
 
 /// Linux allows 15 bytes: 6 of prefix and 9 hex digits (36 bits of hash).
@@ -28,7 +30,7 @@ const MAX_ALIAS: usize = 255;
 impl VethNames {
     pub fn for_attachment(attachment: &Attachment) -> VethNames {
         let hash = fnv1a(&[attachment.container_id.as_bytes(), b"\0", attachment.ifname.as_bytes()]) >> 28;
-        let mut owner = format!("weft-net:{}/{}", attachment.container_id, attachment.ifname);
+        let mut owner = format!("{POD_VETH_TAG_PREFIX}{}/{}", attachment.container_id, attachment.ifname);
         // Container ids are ASCII (validated), so any byte is a char boundary;
         // an id this long is unheard of, and the hash still tells them apart.
         owner.truncate(MAX_ALIAS);

@@ -1,5 +1,6 @@
 //! A device's own forwarding database (`bridge fdb ... self`): on a VXLAN
-//! device, which peer IP a destination MAC is tunnelled to.
+//! device, which peer IP a destination MAC is tunnelled to. (The bridge's
+//! table, `bridge fdb ... master`, is in `bridge_fdb`.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -55,12 +56,21 @@ impl FdbEntry {
 
 impl std::fmt::Display for FdbEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [a, b, c, d, e, g] = self.mac;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")?;
+        write!(f, "{}", Mac(self.mac))?;
         if let Some(dst) = self.dst {
             write!(f, " dst {dst}")?;
         }
         Ok(())
+    }
+}
+
+/// Displays a MAC as `bridge fdb` prints it: `aa:bb:cc:dd:ee:ff`.
+pub(super) struct Mac(pub(super) [u8; 6]);
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
     }
 }
 
@@ -123,20 +133,25 @@ impl Netlink {
 
     /// The device's own (`self`) FDB entries, one per (MAC, destination).
     pub async fn fdb_list(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
-        let messages = self
-            .handle
+        let messages = self.fdb_dump(|| format!("list fdb of ifindex {index}")).await?;
+        Ok(messages
+            .iter()
+            .filter(|message| message.header.ifindex == index && message.header.flags.contains(NeighbourFlags::Own))
+            .filter_map(FdbEntry::parse)
+            .collect())
+    }
+
+    /// Every AF_BRIDGE neighbour entry of the namespace (`bridge fdb show`):
+    /// devices' own tables and bridges' tables alike.
+    pub(super) async fn fdb_dump(&self, op: impl FnOnce() -> String) -> Result<Vec<NeighbourMessage>, NetlinkError> {
+        self.handle
             .neighbours()
             .get()
             .set_address_family(AddressFamily::Bridge)
             .execute()
             .try_collect::<Vec<_>>()
             .await
-            .map_err(|err| NetlinkError::request(format!("list fdb of ifindex {index}"), err))?;
-        Ok(messages
-            .iter()
-            .filter(|message| message.header.ifindex == index && message.header.flags.contains(NeighbourFlags::Own))
-            .filter_map(FdbEntry::parse)
-            .collect())
+            .map_err(|err| NetlinkError::request(op(), err))
     }
 }
 

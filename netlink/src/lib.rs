@@ -1,5 +1,6 @@
-//! Kernel network configuration over rtnetlink: links, bridges, VXLAN
-//! devices, addresses, routes and forwarding-database entries.
+//! Kernel network configuration over rtnetlink: links, bridges and their
+//! ports, VXLAN devices, addresses, routes, forwarding-database entries
+//! and link counters.
 //!
 //! A thin async layer over `rtnetlink`, whose API changes between releases:
 //! everything version-specific stays in this module, and callers see plain
@@ -10,22 +11,32 @@
 //! thread was in when [`Netlink::connect`] ran.
 
 mod address;
+mod bridge_fdb;
+mod bridge_port;
 mod error;
 mod fdb;
 mod link;
 mod netns;
+mod owner_tag;
 mod route;
+mod stats;
+mod vxlan;
 
 use futures::StreamExt;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use tokio::task::JoinHandle;
 
+pub use bridge_fdb::{BridgeFdbEntry, BridgeFdbKind};
+pub use bridge_port::BridgePortOptions;
 pub use error::NetlinkError;
 pub use fdb::FdbEntry;
-pub use link::{Link, LinkDetails, LinkKind, VxlanSpec, VxlanVni};
+pub use link::{Link, LinkDetails, LinkKind};
 pub use netns::{block_on_netlink, NetnsFile, NetnsId};
+pub use owner_tag::{is_pod_veth_tag, POD_VETH_TAG_PREFIX};
 pub use route::{IpFamily, RouteSpec};
+pub use stats::LinkStats;
+pub use vxlan::{VxlanInfo, VxlanSpec, VxlanVni};
 
 /// An open rtnetlink connection. Dropping it closes the socket.
 #[derive(Debug)]

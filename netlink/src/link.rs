@@ -1,13 +1,12 @@
-//! Network devices: looking them up, creating bridges, veth pairs and VXLAN
-//! devices, and changing their state.
+//! Network devices: looking them up, creating bridges and veth pairs, and
+//! changing their state.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
 
 use super::error::errno_of;
 use super::{Netlink, NetlinkError};
@@ -109,29 +108,9 @@ pub struct Link {
     pub created: bool,
 }
 
-/// How a VXLAN device picks the VNI of what it sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VxlanVni {
-    /// One VNI for all traffic; FDB entries then steer frames to peers.
-    Fixed(u32),
-    /// `external` (collect-metadata) mode: receives any VNI, but only sends
-    /// frames that carry tunnel metadata (tc/eBPF/OVS set it), so bridged
-    /// frames steered only by FDB entries are dropped.
-    External,
-}
-
-/// Parameters of a VXLAN device, as in `ip link add NAME type vxlan ...`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VxlanSpec<'a> {
-    pub name: &'a str,
-    pub vni: VxlanVni,
-    pub dstport: u16,
-    /// Kernel MAC learning from received packets; weft installs FDB entries
-    /// itself, so this is normally off (`nolearning`).
-    pub learning: bool,
-    pub local: Option<IpAddr>,
-    /// The underlay device to send through, by ifindex.
-    pub underlay: Option<u32>,
+/// The error for a link that is not there (`ENODEV`, as the kernel says).
+pub(super) fn absent(index: u32) -> NetlinkError {
+    NetlinkError::Kernel { op: format!("look up ifindex {index}"), errno: libc::ENODEV }
 }
 
 impl Netlink {
@@ -152,18 +131,44 @@ impl Netlink {
         request: rtnetlink::LinkGetRequest,
         op: impl FnOnce() -> String,
     ) -> Result<Option<LinkDetails>, NetlinkError> {
+        Ok(self.get_message(request, op).await?.map(LinkDetails::from))
+    }
+
+    async fn get_message(
+        &self,
+        request: rtnetlink::LinkGetRequest,
+        op: impl FnOnce() -> String,
+    ) -> Result<Option<LinkMessage>, NetlinkError> {
         match request.execute().try_collect::<Vec<_>>().await {
-            Ok(messages) => Ok(messages.into_iter().next().map(LinkDetails::from)),
+            Ok(messages) => Ok(messages.into_iter().next()),
             Err(err) if errno_of(&err) == Some(libc::ENODEV) => Ok(None),
             Err(err) => Err(NetlinkError::request(op(), err)),
         }
     }
 
+    /// The kernel's whole message about an existing link, for readers of
+    /// attributes [`LinkDetails`] leaves out; absence is an error.
+    pub(super) async fn existing_message(&self, index: u32) -> Result<LinkMessage, NetlinkError> {
+        let request = self.handle.link().get().match_index(index);
+        self.get_message(request, || format!("look up ifindex {index}")).await?.ok_or_else(|| absent(index))
+    }
+
     /// The existing link's details, treating absence as an error.
     async fn existing_link(&self, index: u32) -> Result<LinkDetails, NetlinkError> {
-        self.link_by_index(index)
-            .await?
-            .ok_or_else(|| NetlinkError::Kernel { op: format!("look up ifindex {index}"), errno: libc::ENODEV })
+        self.link_by_index(index).await?.ok_or_else(|| absent(index))
+    }
+
+    /// Every link in the namespace (`ip link show`).
+    pub async fn links(&self) -> Result<Vec<LinkDetails>, NetlinkError> {
+        let messages = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|err| NetlinkError::request("list links".to_owned(), err))?;
+        Ok(messages.into_iter().map(LinkDetails::from).collect())
     }
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
@@ -216,7 +221,7 @@ impl Netlink {
     }
 
     /// The index of a link we just created.
-    async fn created_index(&self, name: &str) -> Result<u32, NetlinkError> {
+    pub(super) async fn created_index(&self, name: &str) -> Result<u32, NetlinkError> {
         self.link_index(name).await?.ok_or_else(|| NetlinkError::BadReply {
             op: format!("create link {name:?}"),
             problem: "link vanished right after creation".to_owned(),
@@ -232,32 +237,6 @@ impl Netlink {
             .await
             .map_err(|err| NetlinkError::request(format!("create veth {name:?} (peer {peer:?})"), err))?;
         self.created_index(name).await
-    }
-
-    /// Creates a VXLAN device (down); returns its index. An existing link of
-    /// that name is an error (EEXIST): its settings might differ.
-    pub async fn create_vxlan(&self, spec: &VxlanSpec<'_>) -> Result<u32, NetlinkError> {
-        let mut builder = match spec.vni {
-            VxlanVni::Fixed(vni) => LinkVxlan::new(spec.name, vni),
-            VxlanVni::External => LinkMessageBuilder::<LinkVxlan>::new(spec.name).collect_metadata(true),
-        }
-        .port(spec.dstport)
-        .learning(spec.learning);
-        builder = match spec.local {
-            Some(IpAddr::V4(local)) => builder.local(local),
-            Some(IpAddr::V6(local)) => builder.local6(local),
-            None => builder,
-        };
-        if let Some(underlay) = spec.underlay {
-            builder = builder.dev(underlay);
-        }
-        self.handle
-            .link()
-            .add(builder.build())
-            .execute()
-            .await
-            .map_err(|err| NetlinkError::request(format!("create vxlan {:?}", spec.name), err))?;
-        self.created_index(spec.name).await
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
@@ -314,18 +293,6 @@ impl Netlink {
         .await
     }
 
-    /// Hairpin mode on a bridge port lets a frame go back out the port it
-    /// came in on, which is how a pod reaches itself through a service IP.
-    pub async fn set_bridge_port_hairpin(&self, index: u32, on: bool) -> Result<(), NetlinkError> {
-        let message = LinkBridgePort::new(index).hairpin(on).build();
-        self.handle
-            .link()
-            .set_port(message)
-            .execute()
-            .await
-            .map_err(|err| NetlinkError::request(format!("set hairpin {on} on bridge port ifindex {index}"), err))
-    }
-
     /// Deletes the link `name`; `Ok(false)` if there was none.
     pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
         let Some(index) = self.link_index(name).await? else {
@@ -340,7 +307,7 @@ impl Netlink {
     }
 
     /// `ip link set`: RTM_NEWLINK on an existing link.
-    async fn change(&self, message: LinkMessage, op: impl FnOnce() -> String) -> Result<(), NetlinkError> {
+    pub(super) async fn change(&self, message: LinkMessage, op: impl FnOnce() -> String) -> Result<(), NetlinkError> {
         self.handle.link().change(message).execute().await.map_err(|err| NetlinkError::request(op(), err))
     }
 }

@@ -50,6 +50,26 @@ impl NetnsFile {
         Ok(NetnsFile { file })
     }
 
+    /// A new network namespace holding only a (down) loopback, alive while
+    /// the returned file or anything inside it lives. The calling thread
+    /// stays where it is. Needs CAP_SYS_ADMIN.
+    pub fn create() -> io::Result<NetnsFile> {
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(|| {
+                // SAFETY: no pointers; CLONE_NEWNET moves only this thread,
+                // which ends once it has opened the new namespace.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                NetnsFile::current()
+            });
+            match worker.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
     /// The network namespace of the calling thread.
     pub fn current() -> io::Result<NetnsFile> {
         NetnsFile::open(Path::new("/proc/thread-self/ns/net"))
@@ -127,6 +147,15 @@ mod tests {
         let a = NetnsFile::current().unwrap();
         let b = NetnsFile::open(Path::new("/proc/self/ns/net")).unwrap();
         assert_eq!(a.id().unwrap(), b.id().unwrap());
+    }
+
+    #[test]
+    fn created_namespace_is_new_and_usable() {
+        let fresh = NetnsFile::create().expect("creating a network namespace needs root (CAP_SYS_ADMIN)");
+        assert_ne!(fresh.id().unwrap(), NetnsFile::current().unwrap().id().unwrap());
+        let links = fresh.run(|nl| async move { nl.links().await }).unwrap().unwrap();
+        let names: Vec<_> = links.iter().map(|link| link.name.as_str()).collect();
+        assert_eq!(names, ["lo"]);
     }
 
     #[test]

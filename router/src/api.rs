@@ -28,6 +28,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
+        .route("/shutdown", post(shutdown))
         .route("/status/ipam", get(status_ipam))
         .route("/rmpeer", post(rmpeer))
         .route("/ipam/allocate", post(ipam_allocate))
@@ -323,6 +324,12 @@ async fn forget(State(s): State<Arc<Shared>>, RawForm(form): RawForm) -> Respons
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
+}
+
+/// `weft reset` stops the router before removing what it made.
+async fn shutdown(State(s): State<Arc<Shared>>, _: FromNode) -> Response {
+    s.command(Command::Shutdown);
+    text("shutting down\n".to_string())
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ pub struct RouterArgs {
     /// Do not connect to peers learned through gossip.
     #[arg(long, env = "WEFT_NO_DISCOVERY")]
     pub no_discovery: bool,
+    /// Never use the kernel VXLAN fast path: every connection uses the sleeve.
+    #[arg(long, env = "WEFT_NO_FASTDP")]
+    pub no_fastdp: bool,
     /// Peers to connect to, host[:port]. Also from WEFT_PEERS (space separated).
     #[arg(env = "WEFT_PEERS", value_delimiter = ' ')]
     pub peers: Vec<String>,
@@ -63,6 +66,7 @@ pub struct Config {
     pub mtu: Option<u32>,
     pub conn_limit: usize,
     pub discovery: bool,
+    pub fastdp: bool,
     pub peers: Vec<String>,
     pub http_addr: SocketAddr,
     pub ipalloc_range: weft_proto::ipam::Range,
@@ -103,6 +107,7 @@ impl Config {
             mtu: args.mtu,
             conn_limit: args.conn_limit,
             discovery: !args.no_discovery,
+            fastdp: !args.no_fastdp,
             peers,
             http_addr,
             ipalloc_range: args.ipalloc_range,
@@ -119,7 +124,7 @@ fn hostname() -> String {
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
     match (ns("self"), ns("1")) {
         (Some(mine), Some(host)) if mine != host => {

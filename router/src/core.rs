@@ -21,6 +21,7 @@ use weft_proto::backoff::Backoff;
 use weft_proto::control::{
     keep_new_connection, Candidate, Connection, ConnectionError, Event, LocalPeer, Message, RemotePeer, State, Timers,
 };
+use weft_proto::fastdp::{FastDpHeartbeat, Path};
 use weft_proto::mac_table::MacTable;
 use weft_proto::topology::{ConnectionInfo, Topology};
 use weft_proto::PeerName;
@@ -87,6 +88,12 @@ pub enum Command {
     },
     /// A runtime asked whether IPAM is ready.
     IpamWanted,
+    /// The pod MACs on our bridge, as the kernel task last read them.
+    LocalMacs(Vec<weft_proto::ethernet::MacAddr>),
+    /// The kernel task applied this generation of the fast-path state.
+    FastDpApplied(u64),
+    /// `weft reset` asks the router to exit.
+    Shutdown,
 }
 
 /// A UDP heartbeat seen by the data path, for the connection it belongs to.
@@ -97,6 +104,14 @@ pub struct SleeveHeartbeat {
     pub from: SocketAddr,
 }
 
+/// Heartbeats from the data path threads, through one bounded queue so
+/// that a flood of them can cost drops but never unbounded memory.
+#[derive(Debug)]
+pub enum Heartbeat {
+    Sleeve(SleeveHeartbeat),
+    FastDp(FastDpHeartbeat),
+}
+
 /// State shared between the core, the data path threads and the API.
 #[derive(Debug)]
 pub struct Shared {
@@ -105,7 +120,7 @@ pub struct Shared {
     pub macs: Mutex<MacTable>,
     pub metrics: Metrics,
     commands: UnboundedSender<Command>,
-    pub heartbeats: mpsc::Sender<SleeveHeartbeat>,
+    pub heartbeats: mpsc::Sender<Heartbeat>,
 }
 
 impl Shared {
@@ -159,7 +174,7 @@ async fn serve(cfg: Config) -> Result<()> {
     if bridge.created {
         nl.set_mtu(bridge.index, pod_mtu).await?;
     }
-    let tap_name = format!("{}-tap", &cfg.bridge[..cfg.bridge.len().min(11)]);
+    let tap_name = crate::devices::tap_name(&cfg.bridge);
     let tap = crate::tap::Tap::open(&tap_name, false).with_context(|| format!("opening TAP {tap_name}"))?;
     tap.set_nonblocking(true)?;
     let tap_index = nl.link_index(tap.name()).await?.with_context(|| format!("TAP {} vanished", tap.name()))?;
@@ -173,6 +188,17 @@ async fn serve(cfg: Config) -> Result<()> {
         cfg.bridge,
         if bridge.created { ", created" } else { "" }
     );
+
+    let (availability, device) = crate::fastdp_kernel::setup(
+        &nl,
+        cfg.fastdp,
+        crate::fastdp_kernel::Bridge { name: &cfg.bridge, index: bridge.index, tap_index },
+        cfg.port,
+        pod_mtu,
+        name,
+    )
+    .await;
+    tracing::info!("fast path: {}", availability.describe());
 
     let udp = bind_udp(cfg.port).with_context(|| format!("binding UDP port {}", cfg.port))?;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.port))
@@ -194,6 +220,24 @@ async fn serve(cfg: Config) -> Result<()> {
     });
 
     crate::datapath::start(shared.clone(), tap, udp.try_clone()?, name)?;
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
+    let (socket, inherited) = match device {
+        Some(d) => {
+            let rx = d.socket.try_clone()?;
+            spawn_fastdp_heartbeat_reader(rx, shared.clone())?;
+            tokio::spawn(crate::fastdp_kernel::run(
+                nl.clone(),
+                bridge.index,
+                tap_index,
+                d.index,
+                desired_rx,
+                tx.clone(),
+                shared.clone(),
+            ));
+            (Some(d.socket), d.inherited)
+        }
+        None => (None, Vec::new()),
+    };
     tokio::spawn(control::accept_loop(listener, tx.clone()));
     let api = crate::api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
@@ -212,7 +256,9 @@ async fn serve(cfg: Config) -> Result<()> {
         &cfg.bridge,
         now,
     )?;
-    let local = LocalPeer { name, nickname: cfg.nickname.clone(), uid, udp_port: cfg.port, features: 0 };
+    let fastdp = crate::fastdp::FastDp::new(availability, socket, inherited, name, pod_mtu, now);
+    let features = if fastdp.enabled() { weft_proto::control::FEATURE_FASTDP } else { 0 };
+    let local = LocalPeer { name, nickname: cfg.nickname.clone(), uid, udp_port: cfg.port, features };
     let mut core = Core {
         topology: Topology::new(name, cfg.nickname.clone(), uid, now),
         local,
@@ -229,13 +275,49 @@ async fn serve(cfg: Config) -> Result<()> {
         bridge_index: bridge.index,
         ipam,
         nl,
+        fastdp,
+        desired_tx,
         last_publish: None,
         dirty: true,
         cfg,
     };
     let initial = core.cfg.peers.clone();
     core.connect(initial, false, now);
+    core.fastdp_changed();
     core.run(rx, hb_rx).await;
+    Ok(())
+}
+
+/// Fast-path heartbeats arrive on a packet socket; a thread blocks on it
+/// and hands them to the core through the bounded heartbeat queue.
+fn spawn_fastdp_heartbeat_reader(socket: crate::fastdp_socket::HeartbeatSocket, shared: Arc<Shared>) -> Result<()> {
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    std::thread::Builder::new().name("weft-fastdp-hb".into()).spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let len = match socket.recv(&mut buf) {
+                Ok(Some(len)) => len,
+                Ok(None) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!("fast-path heartbeat socket failed: {e}");
+                    return;
+                }
+            };
+            match FastDpHeartbeat::parse(&buf[..len]) {
+                Ok(hb) => {
+                    if shared.heartbeats.try_send(Heartbeat::FastDp(hb)).is_err() {
+                        shared.metrics.drop(crate::metrics::Drop::HeartbeatQueueFull, 1);
+                    }
+                }
+                Err(err) => {
+                    tracing::trace!("malformed fast-path heartbeat: {err}");
+                    shared.metrics.drop(crate::metrics::Drop::MalformedFrame, 1);
+                }
+            }
+        }
+    })?;
     Ok(())
 }
 
@@ -340,12 +422,14 @@ struct Core {
     bridge_index: u32,
     ipam: crate::ipam::IpamService,
     nl: Arc<weft_netlink::Netlink>,
+    fastdp: crate::fastdp::FastDp,
+    desired_tx: tokio::sync::watch::Sender<Option<Arc<crate::fastdp::Desired>>>,
     last_publish: Option<Instant>,
     dirty: bool,
 }
 
 impl Core {
-    async fn run(&mut self, mut rx: UnboundedReceiver<Command>, mut hb_rx: Receiver<SleeveHeartbeat>) {
+    async fn run(&mut self, mut rx: UnboundedReceiver<Command>, mut hb_rx: Receiver<Heartbeat>) {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
             Err(err) => {
@@ -367,11 +451,14 @@ impl Core {
             let mut urgent = false;
             tokio::select! {
                 cmd = rx.recv() => match cmd {
+                    Some(Command::Shutdown) => { tracing::info!("shutdown requested through the API"); break; }
                     Some(cmd) => urgent = self.handle_command(cmd, Instant::now()),
                     None => break,
                 },
-                hb = hb_rx.recv() => if let Some(hb) = hb {
-                    self.handle_sleeve_heartbeat(hb, Instant::now());
+                hb = hb_rx.recv() => match hb {
+                    Some(Heartbeat::Sleeve(hb)) => self.handle_sleeve_heartbeat(hb, Instant::now()),
+                    Some(Heartbeat::FastDp(hb)) => self.fastdp.handle_heartbeat(Instant::now(), &hb, &self.shared.metrics),
+                    None => {}
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {},
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
@@ -407,6 +494,7 @@ impl Core {
         }
         consider(self.topology.poll_timeout());
         consider(self.ipam.poll_timeout());
+        consider(self.fastdp.poll_timeout());
         for t in self.targets.values() {
             if !t.dialing && t.conn.is_none() {
                 consider(t.next_attempt);
@@ -493,6 +581,19 @@ impl Core {
                 self.ipam.want();
                 return true;
             }
+            Command::LocalMacs(macs) => {
+                if self.fastdp.set_local_macs(macs) {
+                    self.send_local_macs(None);
+                }
+            }
+            Command::FastDpApplied(generation) => {
+                if self.fastdp.applied(generation) {
+                    self.refresh_forwarding();
+                    self.dirty = true;
+                }
+            }
+            // Handled by the run loop before it gets here.
+            Command::Shutdown => {}
         }
         false
     }
@@ -601,6 +702,9 @@ impl Core {
             }
         }
         self.dial_due(now);
+        if self.fastdp.poll(now, &self.shared.metrics) {
+            self.fastdp_changed();
+        }
         let expired = self.shared.lock_macs().expire(now);
         if expired > 0 {
             self.dirty = true;
@@ -686,10 +790,42 @@ impl Core {
                 }
             }
         }
-        if c.remote().is_some() {
+        if let Some(r) = c.remote() {
+            let name = r.name;
+            if !self.conns.values().any(|o| o.remote().is_some_and(|r| r.name == name)) {
+                self.fastdp.disconnected(now, name);
+                self.fastdp_changed();
+            }
             self.local_connections_changed(now);
         }
         self.dirty = true;
+    }
+
+    /// Paths or kernel entries changed: the data path gets the new
+    /// fast-path set at once (it only grows here), the kernel task the new
+    /// entries; peers leaving the set follow once the kernel confirms.
+    fn fastdp_changed(&mut self) {
+        if self.fastdp.enabled() {
+            let desired = self.fastdp.desired();
+            self.desired_tx.send_replace(Some(Arc::new(desired)));
+        }
+        self.refresh_forwarding();
+        self.dirty = true;
+    }
+
+    /// Our pod MACs to every fast-path-capable peer (or just `only`).
+    fn send_local_macs(&mut self, only: Option<u64>) {
+        let Some(macs) = self.fastdp.local_macs().filter(|_| self.fastdp.enabled()).map(<[_]>::to_vec) else {
+            return;
+        };
+        for (id, c) in self.conns.iter_mut() {
+            let capable = c.remote().is_some_and(|r| r.features & weft_proto::control::FEATURE_FASTDP != 0);
+            if capable && only.is_none_or(|o| o == *id) {
+                if let Err(err) = c.proto.send(Message::LocalMacs(macs.clone())) {
+                    tracing::error!("too many local MACs to send on connection {id}: {err}");
+                }
+            }
+        }
     }
 
     /// Drains every connection's events (which may queue messages on
@@ -767,6 +903,12 @@ impl Core {
                     self.shared.metrics.conn_failure(ConnFailure::Protocol);
                 }
             },
+            Event::Message(Message::LocalMacs(macs)) => {
+                let Some(name) = self.conns.get(&id).and_then(|c| c.remote()).map(|r| r.name) else { return };
+                if self.fastdp.set_peer_macs(name, macs) {
+                    self.fastdp_changed();
+                }
+            }
             Event::Message(other) => tracing::debug!("ignoring message {other:?} on connection {id}"),
         }
     }
@@ -817,6 +959,12 @@ impl Core {
         if let Err(err) = c.proto.send(Message::Ipam(self.ipam.encode_gossip())) {
             tracing::error!("IPAM state too large to send to {}: {err}", remote.name);
         }
+        let (local_conn_id, ip) = (c.proto.conn_id(), c.addr.ip());
+        let capable = remote.features & weft_proto::control::FEATURE_FASTDP != 0;
+        if self.fastdp.connected(now, remote.name, remote.conn_id, local_conn_id, ip, capable) {
+            self.send_local_macs(Some(id));
+        }
+        self.fastdp_changed();
         self.local_connections_changed(now);
     }
 
@@ -883,6 +1031,24 @@ impl Core {
                 fwd.broadcast.insert(p.name, hops);
             }
         }
+        fwd.fastdp = self.fastdp.fastdp_set();
+        fwd.local_flood = if fwd.fastdp.is_empty() {
+            // No fast path: our broadcasts follow our broadcast tree.
+            fwd.broadcast.get(&self.local.name).into_iter().flatten().map(|&h| (h, PeerName::BROADCAST)).collect()
+        } else {
+            // The kernel floods to the fast-path peers; the sleeve must
+            // reach every other peer exactly once, and a tree through a
+            // fast-path peer would deliver there a second time. So: one
+            // copy addressed to each, relayed without local delivery.
+            let mut flood: Vec<(PeerName, PeerName)> = fwd
+                .next_hop
+                .iter()
+                .filter(|(dest, _)| !fwd.fastdp.contains(dest))
+                .map(|(&dest, &hop)| (hop, dest))
+                .collect();
+            flood.sort();
+            flood
+        };
         // MACs of peers we can no longer reach would only black-hole.
         {
             let mut macs = self.shared.lock_macs();
@@ -971,14 +1137,21 @@ impl Core {
             .values()
             .map(|c| {
                 let established = c.proto.state() == State::Established;
+                let path = c.remote().and_then(|r| self.fastdp.path(r.name));
+                let (overlay, reason) = match path {
+                    Some(Path::FastDp) => ("fastdp", None),
+                    Some(Path::Sleeve(why)) => ("sleeve", Some(why.to_string())),
+                    None => ("sleeve", None),
+                };
                 let (state, info) = match c.remote() {
                     Some(r) => (
                         if established { "established" } else { "pending" },
                         format!(
-                            "sleeve unencrypted {}({}) mtu={}{}",
+                            "{overlay} unencrypted {}({}) mtu={}{}{}",
                             r.name,
                             r.nickname,
                             self.pod_mtu,
+                            reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
                             if established { "" } else { " (confirming UDP path)" }
                         ),
                     ),
@@ -989,7 +1162,8 @@ impl Core {
                     outbound: c.proto.outbound(),
                     state,
                     info,
-                    overlay: "sleeve",
+                    overlay,
+                    reason,
                     mtu: Some(self.pod_mtu),
                 }
             })
@@ -1011,7 +1185,15 @@ impl Core {
                     .unwrap_or_default();
                 ("retrying", format!("{}{retry}", t.last_error.clone().unwrap_or_default()))
             };
-            connections.push(ConnView { address: key.clone(), outbound: true, state, info, overlay: "", mtu: None });
+            connections.push(ConnView {
+                address: key.clone(),
+                outbound: true,
+                state,
+                info,
+                overlay: "",
+                reason: None,
+                mtu: None,
+            });
         }
         let macs = self
             .shared
@@ -1044,6 +1226,7 @@ impl Core {
             nickname: self.local.nickname.clone(),
             port: self.cfg.port,
             encryption: false,
+            fastdp: self.fastdp.availability().describe(),
             discovery: self.cfg.discovery,
             mtu: self.pod_mtu,
             bridge: self.bridge.clone(),

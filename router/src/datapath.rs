@@ -6,11 +6,11 @@
 //! frames for this node into the TAP and re-packs frames for others
 //! (relay) the same way. Buffers are allocated once per thread.
 
-use crate::core::{Shared, SleeveHeartbeat};
+use crate::core::{Heartbeat, Shared, SleeveHeartbeat};
 use crate::metrics::{Direction, Drop, TrafficBatch};
 use crate::tap::Tap;
 use crate::udp_batch::MsgBatch;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -52,6 +52,12 @@ pub struct Forwarding {
     pub next_hop: HashMap<PeerName, PeerName>,
     /// Broadcast source → neighbours we pass its broadcasts on to.
     pub broadcast: HashMap<PeerName, Vec<PeerName>>,
+    /// Peers the kernel's VXLAN device carries pod frames to: the sleeve
+    /// must not send them any, or they would arrive twice.
+    pub fastdp: HashSet<PeerName>,
+    /// (next hop, destination) copies of a broadcast or unknown-unicast
+    /// frame from a local pod; the destination is `BROADCAST` for a tree.
+    pub local_flood: Vec<(PeerName, PeerName)>,
 }
 
 impl Forwarding {
@@ -274,6 +280,10 @@ impl TapToUdp {
                 self.plan.push(Planned { hop, origin: self.local, dest, buf: i, start: 0, end: len })
             };
             match owner {
+                // The bridge flooded it (it would have sent a frame for a
+                // known fast-path MAC to the VXLAN port only), so the
+                // kernel already carried a copy to that peer.
+                Some(Owner::Peer(dest)) if fwd.fastdp.contains(&dest) => self.shared.metrics.drop(Drop::OnFastPath, 1),
                 Some(Owner::Peer(dest)) => match fwd.next_hop.get(&dest) {
                     Some(&hop) => plan(hop, dest),
                     None => self.shared.metrics.drop(Drop::NoRoute, 1),
@@ -282,8 +292,8 @@ impl TapToUdp {
                 // destination is the bridge's to deliver.
                 Some(Owner::Local) => self.shared.metrics.drop(Drop::LocalDestination, 1),
                 None => {
-                    for &hop in fwd.broadcast_hops(self.local) {
-                        plan(hop, PeerName::BROADCAST);
+                    for &(hop, dest) in &fwd.local_flood {
+                        plan(hop, dest);
                     }
                 }
             }
@@ -371,7 +381,8 @@ impl UdpToTap {
             let data = &self.bufs[bi][..len];
             let (sender, frames) = match sleeve::parse(data) {
                 Ok(Datagram::Heartbeat { sender, conn_id }) => {
-                    if self.shared.heartbeats.try_send(SleeveHeartbeat { sender, conn_id, from }).is_err() {
+                    let hb = Heartbeat::Sleeve(SleeveHeartbeat { sender, conn_id, from });
+                    if self.shared.heartbeats.try_send(hb).is_err() {
                         self.shared.metrics.drop(Drop::HeartbeatQueueFull, 1);
                     }
                     continue;

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use weft_proto::PeerName;
 
-const NAME_FILE: &str = "peer-name";
+pub(crate) const NAME_FILE: &str = "peer-name";
 
 pub fn load_or_create_name(data_dir: &Path, wanted: Option<PeerName>) -> Result<PeerName> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;

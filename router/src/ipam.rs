@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use weft_proto::ipam::{AllocError, Ipam, Range};
 use weft_proto::PeerName;
 
-const STATE_FILE: &str = "ipam.bin";
+pub(crate) const STATE_FILE: &str = "ipam.bin";
 /// How long an allocation request waits for space before the plugin is
 /// told to try again later.
 const ALLOC_WAIT: Duration = Duration::from_secs(20);

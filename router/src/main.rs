@@ -7,10 +7,15 @@ mod config;
 mod control;
 mod core;
 mod datapath;
+mod devices;
+mod fastdp;
+mod fastdp_kernel;
+mod fastdp_socket;
 mod identity;
 mod ipam;
 mod metrics;
 mod path_mtu;
+mod reset;
 mod status;
 mod tap;
 mod udp_batch;
@@ -53,6 +58,9 @@ enum Command {
         /// Peer name or nickname.
         peer: String,
     },
+    /// Undo weft on this node: stop the router, delete its bridge, TAP and
+    /// VXLAN device and the pods' veths, and forget its peer name and IPAM state.
+    Reset(reset::ResetArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Connect { replace, peers } => cli::connect(&cli.http_addr, &peers, replace),
         Command::Forget { peers } => cli::forget(&cli.http_addr, &peers),
         Command::Rmpeer { peer } => cli::rmpeer(&cli.http_addr, &peer),
+        Command::Reset(args) => reset::run(args, &cli.http_addr),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

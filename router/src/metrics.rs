@@ -32,6 +32,7 @@ reasons!(Drop {
     TapWriteFailed => "tap_write_failed",
     LocalDestination => "local_destination",
     HeartbeatQueueFull => "heartbeat_queue_full",
+    OnFastPath => "on_fast_path",
 });
 
 reasons!(ConnFailure {
@@ -82,6 +83,10 @@ pub struct Metrics {
     conn_failures: Vec<AtomicU64>,
     pub mac_moves: AtomicU64,
     traffic: Mutex<HashMap<(PeerName, Direction), Traffic>>,
+    /// Moves of a connection to the fast path, and to the sleeve.
+    switches_to: [AtomicU64; 2],
+    /// The VXLAN device's counters: rx frames, tx frames, rx bytes, tx bytes.
+    fastdp: [AtomicU64; 4],
 }
 
 impl Default for Metrics {
@@ -91,6 +96,8 @@ impl Default for Metrics {
             conn_failures: ConnFailure::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             mac_moves: AtomicU64::new(0),
             traffic: Mutex::new(HashMap::new()),
+            switches_to: Default::default(),
+            fastdp: Default::default(),
         }
     }
 }
@@ -106,6 +113,17 @@ impl Metrics {
 
     pub fn conn_failure(&self, reason: ConnFailure) {
         self.conn_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn path_switch(&self, to_fastdp: bool) {
+        self.switches_to[usize::from(!to_fastdp)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The kernel counts fast-path frames, not us: a copy of its counters.
+    pub fn set_fastdp_counters(&self, rx_frames: u64, tx_frames: u64, rx_bytes: u64, tx_bytes: u64) {
+        for (slot, v) in self.fastdp.iter().zip([rx_frames, tx_frames, rx_bytes, tx_bytes]) {
+            slot.store(v, Ordering::Relaxed);
+        }
     }
 
     pub fn flush(&self, batch: &mut TrafficBatch) {
@@ -159,6 +177,11 @@ impl Metrics {
         let _ = writeln!(out, "# HELP weft_mac_moves_total MACs seen moving between peers.");
         let _ = writeln!(out, "# TYPE weft_mac_moves_total counter");
         let _ = writeln!(out, "weft_mac_moves_total {}", self.mac_moves.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP weft_path_switches_total Connections moving between fast path and sleeve.");
+        let _ = writeln!(out, "# TYPE weft_path_switches_total counter");
+        for (to, n) in ["fastdp", "sleeve"].iter().zip(&self.switches_to) {
+            let _ = writeln!(out, "weft_path_switches_total{{to=\"{to}\"}} {}", n.load(Ordering::Relaxed));
+        }
         let traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<_> = traffic.iter().collect();
         rows.sort_by_key(|((p, d), _)| (*p, *d == Direction::Out));
@@ -176,6 +199,11 @@ impl Metrics {
                 let v = if pick == 0 { t.frames } else { t.bytes };
                 let _ = writeln!(out, "{family}{{peer=\"{peer}\",direction=\"{dir}\",path=\"sleeve\"}} {v}");
             }
+            // The VXLAN device counts all peers together.
+            let [rx_frames, tx_frames, rx_bytes, tx_bytes] = self.fastdp.each_ref().map(|a| a.load(Ordering::Relaxed));
+            let (rx, tx) = if pick == 0 { (rx_frames, tx_frames) } else { (rx_bytes, tx_bytes) };
+            let _ = writeln!(out, "{family}{{peer=\"\",direction=\"in\",path=\"fastdp\"}} {rx}");
+            let _ = writeln!(out, "{family}{{peer=\"\",direction=\"out\",path=\"fastdp\"}} {tx}");
         }
         out
     }

@@ -34,6 +34,8 @@ pub struct ConnView {
     /// Free text: the overlay and encryption, or why it failed.
     pub info: String,
     pub overlay: &'static str,
+    /// Why a connection is on the sleeve rather than the fast path.
+    pub reason: Option<String>,
     pub mtu: Option<u32>,
 }
 
@@ -52,6 +54,8 @@ pub struct Snapshot {
     pub nickname: String,
     pub port: u16,
     pub encryption: bool,
+    /// The fast path's availability on this node, as `weft status` says it.
+    pub fastdp: String,
     pub discovery: bool,
     pub mtu: u32,
     pub bridge: String,
@@ -134,6 +138,7 @@ impl Snapshot {
         );
         let _ = writeln!(out, "           Name: {}", peer_label(self.name, &self.nickname));
         let _ = writeln!(out, "     Encryption: {}", enabled(self.encryption));
+        let _ = writeln!(out, "         FastDP: {}", self.fastdp);
         let _ = writeln!(out, "  PeerDiscovery: {}", enabled(self.discovery));
         let _ = writeln!(out, "        Targets: {}", self.targets.len());
         let _ = writeln!(out, "    Connections: {}", self.connection_counts());
@@ -205,6 +210,9 @@ impl Snapshot {
                 }
                 if let Some(mtu) = c.mtu {
                     attrs.insert("mtu".into(), json!(mtu));
+                }
+                if let Some(reason) = &c.reason {
+                    attrs.insert("reason".into(), json!(reason));
                 }
                 json!({
                     "Address": c.address,

@@ -377,7 +377,9 @@ impl Connection {
                 }
                 self.update_established();
             }
-            Message::Gossip(_) | Message::Ipam(_) | Message::Other { .. } => self.events.push_back(Event::Message(msg)),
+            Message::Gossip(_) | Message::Ipam(_) | Message::LocalMacs(_) | Message::Other { .. } => {
+                self.events.push_back(Event::Message(msg))
+            }
         }
     }
 

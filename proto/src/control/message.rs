@@ -6,6 +6,7 @@
 //! older peers may ignore them.
 
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::ethernet::MacAddr;
 
 mod tag {
     pub const HEARTBEAT: u8 = 1;
@@ -13,6 +14,7 @@ mod tag {
     pub const SLEEVE_READY: u8 = 3;
     pub const SLEEVE_LOST: u8 = 4;
     pub const IPAM: u8 = 5;
+    pub const LOCAL_MACS: u8 = 6;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,10 @@ pub enum Message {
     SleeveLost,
     /// Opaque IPAM gossip; the ipam module owns the encoding.
     Ipam(Vec<u8>),
+    /// The pod MACs on the sender's bridge, complete each time: what the
+    /// receiver programs into its kernel forwarding tables while the
+    /// connection is on the fast path.
+    LocalMacs(Vec<MacAddr>),
     /// A tag this version doesn't know, from a newer peer. Never construct
     /// one with a known tag: it would decode as that message instead.
     Other { tag: u8, body: Vec<u8> },
@@ -42,6 +48,7 @@ impl Message {
             Message::SleeveReady => tag::SLEEVE_READY,
             Message::SleeveLost => tag::SLEEVE_LOST,
             Message::Ipam(_) => tag::IPAM,
+            Message::LocalMacs(_) => tag::LOCAL_MACS,
             Message::Other { tag, .. } => *tag,
         }
     }
@@ -52,6 +59,11 @@ impl Message {
             Message::Heartbeat | Message::SleeveReady | Message::SleeveLost => {}
             Message::Gossip(body) | Message::Ipam(body) | Message::Other { body, .. } => {
                 w.bytes(body);
+            }
+            Message::LocalMacs(macs) => {
+                for mac in macs {
+                    w.bytes(&mac.0);
+                }
             }
         }
     }
@@ -64,6 +76,13 @@ impl Message {
             tag::SLEEVE_READY => Message::SleeveReady,
             tag::SLEEVE_LOST => Message::SleeveLost,
             tag::IPAM => Message::Ipam(rest(&mut r, "ipam")?),
+            tag::LOCAL_MACS => {
+                let mut macs = Vec::with_capacity(r.remaining() / 6);
+                while r.remaining() > 0 {
+                    macs.push(MacAddr(r.array::<6>("local MAC")?));
+                }
+                Message::LocalMacs(macs)
+            }
             tag => Message::Other { tag, body: rest(&mut r, "unknown message")? },
         };
         r.finish("message")?;
@@ -94,6 +113,7 @@ pub(crate) mod tests {
             Just(Message::SleeveLost),
             body().prop_map(Message::Gossip),
             body().prop_map(Message::Ipam),
+            proptest::collection::vec(any::<[u8; 6]>().prop_map(MacAddr), 0..8).prop_map(Message::LocalMacs),
             (any::<u8>(), body())
                 .prop_filter("unknown tags only", |(tag, _)| {
                     matches!(Message::decode(&[*tag]), Ok(Message::Other { .. }))
@@ -110,6 +130,16 @@ pub(crate) mod tests {
             buf.push(0);
             assert!(matches!(Message::decode(&buf), Err(DecodeError::Trailing { .. })));
         }
+    }
+
+    #[test]
+    fn local_macs_must_be_whole_addresses() {
+        let msg = Message::LocalMacs(vec![MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2])]);
+        let mut buf = encoded(&msg);
+        assert_eq!(buf.len(), 1 + 12);
+        assert_eq!(Message::decode(&buf), Ok(msg));
+        buf.pop();
+        assert!(matches!(Message::decode(&buf), Err(DecodeError::Truncated { .. })));
     }
 
     #[test]

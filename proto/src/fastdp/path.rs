@@ -103,6 +103,10 @@ struct Probe {
     /// Until then an unproven path reads as "probing" rather than
     /// "heartbeat timeout", so a fresh connection isn't reported as broken.
     probing_until: Instant,
+    /// What the peer's latest heartbeat said about ours. Heartbeats
+    /// arriving prove one direction only; a path that works one way (a
+    /// one-sided firewall rule) must not carry traffic either way.
+    peer_receiving: bool,
 }
 
 /// Decides, per connection, whether pod frames go over VXLAN or the sleeve.
@@ -132,13 +136,21 @@ pub struct PathSelector {
 }
 
 impl PathSelector {
-    pub fn new(local_supports: bool, remote_supports: bool, relayed: bool, now: Instant, cfg: PathConfig) -> Self {
+    /// `local_unavailable` says why this node can't use the fast path
+    /// (`None`: it can).
+    pub fn new(
+        local_unavailable: Option<SleeveReason>,
+        remote_supports: bool,
+        relayed: bool,
+        now: Instant,
+        cfg: PathConfig,
+    ) -> Self {
         // Relay first: even with support on both ends, VXLAN can't cross
         // the intermediate peer, and that is what the operator needs to see.
         let fixed = if relayed {
             Some(SleeveReason::Relay)
-        } else if !local_supports {
-            Some(SleeveReason::NoKernelSupport)
+        } else if let Some(reason) = local_unavailable {
+            Some(reason)
         } else if !remote_supports {
             Some(SleeveReason::PeerUnsupported)
         } else {
@@ -148,7 +160,13 @@ impl PathSelector {
             Some(reason) => (Path::Sleeve(reason), None),
             None => (
                 Path::Sleeve(SleeveReason::Probing),
-                Some(Probe { next_send: now, last_heartbeat: None, streak: 0, probing_until: now + cfg.timeout }),
+                Some(Probe {
+                    next_send: now,
+                    last_heartbeat: None,
+                    streak: 0,
+                    probing_until: now + cfg.timeout,
+                    peer_receiving: false,
+                }),
             ),
         };
         PathSelector {
@@ -195,8 +213,29 @@ impl PathSelector {
         self.set_path(Path::Sleeve(SleeveReason::Disabled));
     }
 
-    /// A heartbeat of `size` bytes arrived through the VXLAN path.
-    pub fn handle_fastdp_heartbeat(&mut self, now: Instant, size: usize) {
+    /// Whether this end currently receives the peer's fast-path heartbeats:
+    /// what our own heartbeats tell the peer.
+    pub fn receiving(&self, now: Instant) -> bool {
+        self.probe.as_ref().and_then(|p| p.last_heartbeat).is_some_and(|last| now < last + self.cfg.timeout)
+    }
+
+    /// Takes the fast path as proven right away, for a connection that
+    /// replaces one which was on it (a quick router restart on either
+    /// end): the kernel still forwards over VXLAN, so starting on the
+    /// sleeve would only move traffic off a working path and back. The
+    /// usual timeout demotes it if heartbeats don't follow.
+    pub fn resume(&mut self, now: Instant) {
+        let recover_after = self.cfg.recover_after.max(1);
+        let Some(probe) = &mut self.probe else { return };
+        probe.last_heartbeat = Some(now);
+        probe.streak = recover_after;
+        probe.peer_receiving = true;
+        self.set_path(Path::FastDp);
+    }
+
+    /// A heartbeat of `size` bytes arrived through the VXLAN path; in it
+    /// the peer said whether it receives ours.
+    pub fn handle_fastdp_heartbeat(&mut self, now: Instant, size: usize, peer_receiving: bool) {
         // Expire first, so a heartbeat after a long silence starts a new
         // streak even if the router never got round to `handle_timeout`.
         self.handle_timeout(now);
@@ -211,7 +250,12 @@ impl PathSelector {
         let Some(probe) = &mut self.probe else { return };
         probe.last_heartbeat = Some(now);
         probe.streak = probe.streak.saturating_add(1);
-        if probe.streak >= recover_after {
+        probe.peer_receiving = peer_receiving;
+        if !peer_receiving {
+            if self.path.is_fastdp() {
+                self.set_path(Path::Sleeve(SleeveReason::HeartbeatTimeout));
+            }
+        } else if probe.streak >= recover_after {
             self.set_path(Path::FastDp);
         }
     }
@@ -278,7 +322,7 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     fn capable(now: Instant) -> PathSelector {
-        PathSelector::new(true, true, false, now, PathConfig::default())
+        PathSelector::new(None, true, false, now, PathConfig::default())
     }
 
     fn drain(sel: &mut PathSelector) -> Vec<PathEvent> {
@@ -289,10 +333,11 @@ mod tests {
     fn unsupported_connections_stay_on_the_sleeve_with_their_reason() {
         let t0 = Instant::now();
         let cases = [
-            ((false, true, false), SleeveReason::NoKernelSupport),
-            ((true, false, false), SleeveReason::PeerUnsupported),
-            ((false, false, false), SleeveReason::NoKernelSupport),
-            ((true, true, true), SleeveReason::Relay),
+            ((Some(SleeveReason::NoKernelSupport), true, false), SleeveReason::NoKernelSupport),
+            ((Some(SleeveReason::Disabled), true, false), SleeveReason::Disabled),
+            ((None, false, false), SleeveReason::PeerUnsupported),
+            ((Some(SleeveReason::NoKernelSupport), false, false), SleeveReason::NoKernelSupport),
+            ((None, true, true), SleeveReason::Relay),
         ];
         for ((local, remote, relayed), reason) in cases {
             let mut sel = PathSelector::new(local, remote, relayed, t0, PathConfig::default());
@@ -300,7 +345,7 @@ mod tests {
             assert_eq!(sel.poll_send_heartbeat(t0), None);
             assert_eq!(sel.poll_timeout(), None);
             for i in 0..5 {
-                sel.handle_fastdp_heartbeat(t0 + SEC * i, 1500);
+                sel.handle_fastdp_heartbeat(t0 + SEC * i, 1500, true);
             }
             assert_eq!(sel.path(), Path::Sleeve(reason));
             assert_eq!(sel.poll_event(), None);
@@ -315,9 +360,9 @@ mod tests {
         assert_eq!(sel.poll_send_heartbeat(t0), Some(0));
         assert_eq!(sel.poll_send_heartbeat(t0), None);
         assert_eq!(sel.poll_timeout(), Some(t0 + SEC));
-        sel.handle_fastdp_heartbeat(t0, 100);
+        sel.handle_fastdp_heartbeat(t0, 100, true);
         assert_eq!(sel.path(), Path::Sleeve(SleeveReason::Probing));
-        sel.handle_fastdp_heartbeat(t0 + SEC, 100);
+        sel.handle_fastdp_heartbeat(t0 + SEC, 100, true);
         assert_eq!(sel.path(), Path::FastDp);
         let to = Path::FastDp;
         assert_eq!(drain(&mut sel), [PathEvent::Switched { from: Path::Sleeve(SleeveReason::Probing), to }]);
@@ -328,12 +373,12 @@ mod tests {
     fn one_lost_heartbeat_does_not_switch_but_a_timeout_does() {
         let t0 = Instant::now();
         let mut sel = capable(t0);
-        sel.handle_fastdp_heartbeat(t0, 0);
-        sel.handle_fastdp_heartbeat(t0 + SEC, 0);
+        sel.handle_fastdp_heartbeat(t0, 0, true);
+        sel.handle_fastdp_heartbeat(t0 + SEC, 0, true);
         drain(&mut sel);
         // Heartbeat at 2 s lost; the 3 s one arrives.
         sel.handle_timeout(t0 + SEC * 3);
-        sel.handle_fastdp_heartbeat(t0 + SEC * 3, 0);
+        sel.handle_fastdp_heartbeat(t0 + SEC * 3, 0, true);
         assert_eq!(sel.path(), Path::FastDp);
         sel.poll_send_heartbeat(t0 + SEC * 3);
         assert_eq!(sel.poll_timeout(), Some(t0 + SEC * 4));
@@ -346,9 +391,9 @@ mod tests {
             [PathEvent::Switched { from: Path::FastDp, to: Path::Sleeve(SleeveReason::HeartbeatTimeout) }]
         );
         assert_eq!(sel.poll_send_heartbeat(t0 + SEC * 7), Some(0), "keeps probing on the sleeve");
-        sel.handle_fastdp_heartbeat(t0 + SEC * 8, 0);
+        sel.handle_fastdp_heartbeat(t0 + SEC * 8, 0, true);
         assert_eq!(sel.path(), Path::Sleeve(SleeveReason::HeartbeatTimeout));
-        sel.handle_fastdp_heartbeat(t0 + SEC * 9, 0);
+        sel.handle_fastdp_heartbeat(t0 + SEC * 9, 0, true);
         assert_eq!(sel.path(), Path::FastDp);
         assert_eq!(sel.switches(), 3);
     }
@@ -357,10 +402,10 @@ mod tests {
     fn a_heartbeat_after_a_long_silence_starts_a_new_streak() {
         let t0 = Instant::now();
         let mut sel = capable(t0);
-        sel.handle_fastdp_heartbeat(t0, 0);
-        sel.handle_fastdp_heartbeat(t0 + SEC, 0);
+        sel.handle_fastdp_heartbeat(t0, 0, true);
+        sel.handle_fastdp_heartbeat(t0 + SEC, 0, true);
         // The router never called handle_timeout during the silence.
-        sel.handle_fastdp_heartbeat(t0 + SEC * 10, 0);
+        sel.handle_fastdp_heartbeat(t0 + SEC * 10, 0, true);
         assert_eq!(sel.path(), Path::Sleeve(SleeveReason::HeartbeatTimeout));
         let events = drain(&mut sel);
         assert_eq!(events.len(), 2);
@@ -385,12 +430,12 @@ mod tests {
         sel.set_probe_size(1400);
         assert_eq!(sel.poll_send_heartbeat(t0), Some(1400));
         for i in 0..5 {
-            sel.handle_fastdp_heartbeat(t0 + SEC * i, 1399);
+            sel.handle_fastdp_heartbeat(t0 + SEC * i, 1399, true);
         }
         assert_eq!(sel.path(), Path::Sleeve(SleeveReason::HeartbeatTimeout));
         assert_eq!(sel.undersized_heartbeats(), 5);
-        sel.handle_fastdp_heartbeat(t0 + SEC * 5, 1400);
-        sel.handle_fastdp_heartbeat(t0 + SEC * 6, 1500);
+        sel.handle_fastdp_heartbeat(t0 + SEC * 5, 1400, true);
+        sel.handle_fastdp_heartbeat(t0 + SEC * 6, 1500, true);
         assert_eq!(sel.path(), Path::FastDp);
     }
 
@@ -398,17 +443,52 @@ mod tests {
     fn disable_moves_a_fastdp_peer_back_to_the_sleeve_for_good() {
         let t0 = Instant::now();
         let mut sel = capable(t0);
-        sel.handle_fastdp_heartbeat(t0, 0);
-        sel.handle_fastdp_heartbeat(t0, 0);
+        sel.handle_fastdp_heartbeat(t0, 0, true);
+        sel.handle_fastdp_heartbeat(t0, 0, true);
         drain(&mut sel);
         sel.disable();
         assert_eq!(sel.path(), Path::Sleeve(SleeveReason::Disabled));
         assert_eq!(drain(&mut sel).len(), 1);
-        sel.handle_fastdp_heartbeat(t0 + SEC, 0);
-        sel.handle_fastdp_heartbeat(t0 + SEC, 0);
+        sel.handle_fastdp_heartbeat(t0 + SEC, 0, true);
+        sel.handle_fastdp_heartbeat(t0 + SEC, 0, true);
         assert_eq!(sel.path(), Path::Sleeve(SleeveReason::Disabled));
         assert_eq!(sel.poll_send_heartbeat(t0 + SEC * 5), None);
         assert_eq!(sel.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_path_the_peer_does_not_receive_is_never_used() {
+        let t0 = Instant::now();
+        let mut sel = capable(t0);
+        for i in 0..5 {
+            sel.handle_fastdp_heartbeat(t0 + SEC * i, 0, false);
+            assert!(sel.receiving(t0 + SEC * i));
+        }
+        assert!(!sel.path().is_fastdp(), "theirs arrive, ours don't: one-way path");
+        sel.handle_fastdp_heartbeat(t0 + SEC * 5, 0, true);
+        assert_eq!(sel.path(), Path::FastDp);
+        sel.handle_fastdp_heartbeat(t0 + SEC * 6, 0, false);
+        assert_eq!(sel.path(), Path::Sleeve(SleeveReason::HeartbeatTimeout));
+        assert!(!sel.receiving(t0 + SEC * 11));
+    }
+
+    #[test]
+    fn resume_is_fastdp_at_once_and_expires_without_heartbeats() {
+        let t0 = Instant::now();
+        let mut sel = capable(t0);
+        sel.resume(t0);
+        assert_eq!(sel.path(), Path::FastDp);
+        assert!(sel.receiving(t0), "tells the peer at once, so its resumed side stays up too");
+        assert_eq!(drain(&mut sel).len(), 1);
+        sel.handle_fastdp_heartbeat(t0 + SEC, 0, true);
+        sel.handle_timeout(t0 + SEC * 4);
+        assert_eq!(sel.path(), Path::FastDp);
+        sel.handle_timeout(t0 + SEC * 5);
+        assert_eq!(sel.path(), Path::Sleeve(SleeveReason::HeartbeatTimeout));
+
+        let mut off = PathSelector::new(Some(SleeveReason::Disabled), true, false, t0, PathConfig::default());
+        off.resume(t0);
+        assert_eq!(off.path(), Path::Sleeve(SleeveReason::Disabled), "resume cannot override the operator");
     }
 
     #[test]
@@ -422,7 +502,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Advance(u64),
-        Heartbeat(usize),
+        /// Size, and whether the peer says it receives ours.
+        Heartbeat(usize, bool),
         Timeout,
         Send,
         SetProbe(usize),
@@ -431,7 +512,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0u64..6_000).prop_map(Op::Advance),
-            4 => (0usize..2_000).prop_map(Op::Heartbeat),
+            4 => (0usize..2_000, prop::bool::weighted(0.9)).prop_map(|(size, rx)| Op::Heartbeat(size, rx)),
             2 => Just(Op::Timeout),
             1 => Just(Op::Send),
             1 => prop_oneof![Just(0usize), Just(1_000), Just(1_500)].prop_map(Op::SetProbe),
@@ -454,11 +535,13 @@ mod tests {
             for op in ops {
                 let before = sel.path();
                 let mut counted = false;
+                let mut peer_deaf = false;
                 match op {
                     Op::Advance(ms) => now += Duration::from_millis(ms),
-                    Op::Heartbeat(size) => {
+                    Op::Heartbeat(size, rx) => {
                         counted = size >= sel.required_probe_size();
-                        sel.handle_fastdp_heartbeat(now, size);
+                        peer_deaf = counted && !rx;
+                        sel.handle_fastdp_heartbeat(now, size, rx);
                     }
                     Op::Timeout => sel.handle_timeout(now),
                     Op::Send => { sel.poll_send_heartbeat(now); }
@@ -475,13 +558,16 @@ mod tests {
                 prop_assert_eq!(sel.switches(), switches);
                 let stale = last_counted.is_none_or(|t| now >= t + cfg.timeout);
                 if after.is_fastdp() && !before.is_fastdp() {
-                    prop_assert!(counted, "promoted without a counting heartbeat");
+                    prop_assert!(counted && !peer_deaf, "promoted without a counting heartbeat");
                 }
                 if before.is_fastdp() && !after.is_fastdp() {
-                    prop_assert!(stale, "demoted while heartbeats were fresh");
+                    prop_assert!(stale || peer_deaf, "demoted while heartbeats were fresh both ways");
                     prop_assert_eq!(after, Path::Sleeve(SleeveReason::HeartbeatTimeout));
                 }
-                if before.is_fastdp() && !stale {
+                if peer_deaf {
+                    prop_assert!(!after.is_fastdp(), "stayed on a path the peer does not receive");
+                }
+                if before.is_fastdp() && !stale && !peer_deaf {
                     prop_assert!(after.is_fastdp(), "a loss shorter than the timeout demoted");
                 }
                 if counted {
@@ -505,12 +591,12 @@ mod tests {
         ) {
             let t0 = Instant::now();
             let cfg = PathConfig { recover_after, ..PathConfig::default() };
-            let mut sel = PathSelector::new(true, true, false, t0, cfg);
+            let mut sel = PathSelector::new(None, true, false, t0, cfg);
             let mut now = t0;
             for op in ops {
                 match op {
                     Op::Advance(ms) => now += Duration::from_millis(ms),
-                    Op::Heartbeat(size) => sel.handle_fastdp_heartbeat(now, size),
+                    Op::Heartbeat(size, rx) => sel.handle_fastdp_heartbeat(now, size, rx),
                     Op::Timeout => sel.handle_timeout(now),
                     Op::Send => { sel.poll_send_heartbeat(now); }
                     Op::SetProbe(n) => sel.set_probe_size(n),
@@ -520,7 +606,7 @@ mod tests {
             for _ in 0..recover_after {
                 now += cfg.heartbeat_interval;
                 sel.handle_timeout(now);
-                sel.handle_fastdp_heartbeat(now, size);
+                sel.handle_fastdp_heartbeat(now, size, true);
             }
             prop_assert_eq!(sel.path(), Path::FastDp);
         }
