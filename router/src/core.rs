@@ -1132,14 +1132,21 @@ impl Core {
                     .collect(),
             })
             .collect();
+        let via: HashMap<PeerName, PeerName> = routes.unicast().collect();
         let mut connections: Vec<ConnView> = self
             .conns
             .values()
             .map(|c| {
                 let established = c.proto.state() == State::Established;
                 let path = c.remote().and_then(|r| self.fastdp.path(r.name));
+                // Without a confirmed sleeve our frames to the peer take a
+                // detour through another one: say so rather than a reason
+                // about a direct link that carries nothing.
+                let relayed =
+                    !established && c.remote().is_some_and(|r| via.get(&r.name).is_some_and(|hop| *hop != r.name));
                 let (overlay, reason) = match path {
                     Some(Path::FastDp) => ("fastdp", None),
+                    _ if relayed => ("sleeve", Some(weft_proto::fastdp::SleeveReason::Relay.to_string())),
                     Some(Path::Sleeve(why)) => ("sleeve", Some(why.to_string())),
                     None => ("sleeve", None),
                 };
