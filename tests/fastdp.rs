@@ -158,15 +158,22 @@ fn transfer_goes_through_the_kernel(c: &Cluster, from: &Pod, to: &Pod, bytes: u6
     Ok(())
 }
 
+/// Routers on two nodes, a pod on each, both connections on the fast path
+/// and the pods pinging each other.
+fn two_fastdp_nodes_with_pods(c: &Cluster) -> Result<(Pod, Pod)> {
+    start_routers(c, &[&[], &[0]], &[])?;
+    c.wait_mesh(&[0, 1], CONVERGE)?;
+    let a = c.add_pod(0, pod_ip(0, 0))?;
+    let b = c.add_pod(1, pod_ip(1, 0))?;
+    wait_paths_on(c, &all_fastdp(&[0, 1]), SWITCH)?;
+    ping_both_ways(&a, &b, PINGS, REACH)?;
+    Ok((a, b))
+}
+
 #[test]
 fn two_nodes_come_up_fastdp_and_carry_traffic_in_the_kernel() {
     with_cluster(2, |c| {
-        start_routers(c, &[&[], &[0]], &[])?;
-        c.wait_mesh(&[0, 1], CONVERGE)?;
-        let a = c.add_pod(0, pod_ip(0, 0))?;
-        let b = c.add_pod(1, pod_ip(1, 0))?;
-        wait_paths_on(c, &all_fastdp(&[0, 1]), SWITCH)?;
-        ping_both_ways(&a, &b, PINGS, REACH)?;
+        let (a, b) = two_fastdp_nodes_with_pods(c)?;
 
         for i in 0..2 {
             let (status, conns) = cli_status(c, i)?;
@@ -219,12 +226,7 @@ fn switches(c: &Cluster, i: usize, to: Overlay) -> Result<f64> {
 #[test]
 fn blocked_vxlan_port_falls_back_to_sleeve_and_back() {
     with_cluster(2, |c| {
-        start_routers(c, &[&[], &[0]], &[])?;
-        c.wait_mesh(&[0, 1], CONVERGE)?;
-        let a = c.add_pod(0, pod_ip(0, 0))?;
-        let b = c.add_pod(1, pod_ip(1, 0))?;
-        wait_paths_on(c, &all_fastdp(&[0, 1]), SWITCH)?;
-        ping_both_ways(&a, &b, PINGS, REACH)?;
+        let (a, b) = two_fastdp_nodes_with_pods(c)?;
         let to_sleeve = switches(c, 0, Overlay::Sleeve)?;
         let to_fastdp = switches(c, 0, Overlay::Fastdp)?;
 
@@ -406,12 +408,7 @@ fn router_kill_is_hitless_and_fdb_resyncs() {
 #[test]
 fn reset_removes_everything_weft_added() {
     with_cluster(2, |c| {
-        start_routers(c, &[&[], &[0]], &[])?;
-        c.wait_mesh(&[0, 1], CONVERGE)?;
-        let a = c.add_pod(0, pod_ip(0, 0))?;
-        let b = c.add_pod(1, pod_ip(1, 0))?;
-        wait_paths_on(c, &all_fastdp(&[0, 1]), SWITCH)?;
-        ping_both_ways(&a, &b, PINGS, REACH)?;
+        let (a, b) = two_fastdp_nodes_with_pods(c)?;
         wait_fdb_has_pods(c, 0, &[&a, &b], FDB)?;
         let data_dir = c.node(0).data_dir().to_owned();
         let state_files = [data_dir.join("peer-name"), data_dir.join("ipam.bin")];
