@@ -22,6 +22,12 @@ fn start_routers(c: &Cluster, peers: &[&[usize]]) -> Result<()> {
     scenario::start_routers(c, peers, &[])
 }
 
+/// B and C are told only of A; all three connect (B and C by gossip).
+fn three_node_mesh(c: &Cluster) -> Result<()> {
+    start_routers(c, &[&[], &[0], &[0]])?;
+    c.wait_mesh(&[0, 1, 2], CONVERGE)
+}
+
 fn ping_both_ways(a: &Pod, b: &Pod) -> Result<()> {
     scenario::ping_both_ways(a, b, PINGS, REACH)
 }
@@ -47,8 +53,7 @@ fn two_nodes_ping_and_bulk_transfer() {
 fn three_nodes_learn_each_other_through_gossip() {
     with_cluster(3, |c| {
         // B and C only know A; B must find C by gossip.
-        start_routers(c, &[&[], &[0], &[0]])?;
-        c.wait_mesh(&[0, 1, 2], CONVERGE)?;
+        three_node_mesh(c)?;
         for i in 0..3 {
             let r = c.report(i)?;
             ensure!(r.peers()?.len() == 3, "node {i} peers: {:?}", r.peer_nicknames()?);
@@ -101,8 +106,7 @@ fn frames_are_relayed_around_a_partition() {
 #[test]
 fn killed_router_is_dropped_from_routes_and_recovers() {
     with_cluster(3, |c| {
-        start_routers(c, &[&[], &[0], &[0]])?;
-        c.wait_mesh(&[0, 1, 2], CONVERGE)?;
+        three_node_mesh(c)?;
         let pa = c.add_pod(0, pod_ip(0, 0))?;
         let pc = c.add_pod(2, pod_ip(2, 0))?;
         pa.ping_ok(pc.ip(), PINGS, REACH)?;

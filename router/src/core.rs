@@ -224,7 +224,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let (socket, inherited) = match device {
         Some(d) => {
             let rx = d.socket.try_clone()?;
-            spawn_fastdp_heartbeat_reader(rx, shared.clone())?;
+            crate::fastdp_kernel::spawn_heartbeat_reader(rx, shared.clone())?;
             tokio::spawn(crate::fastdp_kernel::run(
                 nl.clone(),
                 bridge.index,
@@ -285,39 +285,6 @@ async fn serve(cfg: Config) -> Result<()> {
     core.connect(initial, false, now);
     core.fastdp_changed();
     core.run(rx, hb_rx).await;
-    Ok(())
-}
-
-/// Fast-path heartbeats arrive on a packet socket; a thread blocks on it
-/// and hands them to the core through the bounded heartbeat queue.
-fn spawn_fastdp_heartbeat_reader(socket: crate::fastdp_socket::HeartbeatSocket, shared: Arc<Shared>) -> Result<()> {
-    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-    std::thread::Builder::new().name("weft-fastdp-hb".into()).spawn(move || {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let len = match socket.recv(&mut buf) {
-                Ok(Some(len)) => len,
-                Ok(None) => continue,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("fast-path heartbeat socket failed: {e}");
-                    return;
-                }
-            };
-            match FastDpHeartbeat::parse(&buf[..len]) {
-                Ok(hb) => {
-                    if shared.heartbeats.try_send(Heartbeat::FastDp(hb)).is_err() {
-                        shared.metrics.drop(crate::metrics::Drop::HeartbeatQueueFull, 1);
-                    }
-                }
-                Err(err) => {
-                    tracing::trace!("malformed fast-path heartbeat: {err}");
-                    shared.metrics.drop(crate::metrics::Drop::MalformedFrame, 1);
-                }
-            }
-        }
-    })?;
     Ok(())
 }
 
@@ -794,8 +761,9 @@ impl Core {
             let name = r.name;
             if !self.conns.values().any(|o| o.remote().is_some_and(|r| r.name == name)) {
                 self.fastdp.disconnected(now, name);
-                self.fastdp_changed();
+                self.push_fastdp_state();
             }
+            // Refreshes forwarding, the fast-path set included.
             self.local_connections_changed(now);
         }
         self.dirty = true;
@@ -805,12 +773,17 @@ impl Core {
     /// fast-path set at once (it only grows here), the kernel task the new
     /// entries; peers leaving the set follow once the kernel confirms.
     fn fastdp_changed(&mut self) {
+        self.push_fastdp_state();
+        self.refresh_forwarding();
+        self.dirty = true;
+    }
+
+    /// The kernel task's half of [`Core::fastdp_changed`].
+    fn push_fastdp_state(&mut self) {
         if self.fastdp.enabled() {
             let desired = self.fastdp.desired();
             self.desired_tx.send_replace(Some(Arc::new(desired)));
         }
-        self.refresh_forwarding();
-        self.dirty = true;
     }
 
     /// Our pod MACs to every fast-path-capable peer (or just `only`).
@@ -964,7 +937,8 @@ impl Core {
         if self.fastdp.connected(now, remote.name, remote.conn_id, local_conn_id, ip, capable) {
             self.send_local_macs(Some(id));
         }
-        self.fastdp_changed();
+        self.push_fastdp_state();
+        // Refreshes forwarding, the fast-path set included.
         self.local_connections_changed(now);
     }
 

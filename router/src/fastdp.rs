@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use weft_proto::ethernet::MacAddr;
-use weft_proto::fastdp::{FastDpHeartbeat, FdbEntry, Path, PathConfig, PathEvent, PathSelector, SleeveReason};
+use weft_proto::fastdp::{fdb, FastDpHeartbeat, FdbEntry, Path, PathConfig, PathEvent, PathSelector, SleeveReason};
 use weft_proto::PeerName;
 
 use crate::fastdp_socket::HeartbeatSocket;
@@ -172,7 +172,7 @@ impl FastDp {
         ip: IpAddr,
         remote_supports: bool,
     ) -> bool {
-        let mut selector = PathSelector::new(self.availability.local_reason(), remote_supports, false, now, self.cfg);
+        let mut selector = PathSelector::new(self.availability.local_reason(), remote_supports, now, self.cfg);
         selector.set_probe_size(self.probe_size);
         // The connection replaces one whose fast path the kernel still
         // carries: keep it rather than switch off a working path.
@@ -309,41 +309,21 @@ impl FastDp {
     /// The kernel state for the current paths; a new generation each call.
     pub fn desired(&mut self) -> Desired {
         self.generation += 1;
-        let mut vxlan: BTreeSet<FdbEntry> = BTreeSet::new();
-        let mut bridge: BTreeSet<MacAddr> = BTreeSet::new();
-        let mut owner: HashMap<MacAddr, IpAddr> = HashMap::new();
-        for (_, ip, macs) in self.kernel_peers() {
-            vxlan.insert(FdbEntry { mac: MacAddr::ZERO, dst: ip });
-            for &mac in macs {
-                owner.insert(mac, ip);
-            }
-        }
-        for (ip, macs) in &self.inherited {
-            vxlan.insert(FdbEntry { mac: MacAddr::ZERO, dst: *ip });
-            for &mac in macs {
-                owner.entry(mac).or_insert(*ip);
-            }
-        }
+        // Order matters: a MAC listed twice goes to the later node, so
+        // what live connections say beats what was inherited.
+        let inherited = self.inherited.iter().flat_map(|(ip, macs)| macs.iter().map(move |m| (*m, *ip)));
+        let pods = self.kernel_peers().flat_map(|(_, ip, macs)| macs.iter().map(move |m| (*m, ip)));
+        let pod_macs: Vec<(MacAddr, IpAddr)> = inherited.chain(pods).collect();
         // Heartbeats must get through on every capable connection, also
         // (above all) while it is on the sleeve.
-        for (name, p) in &self.peers {
-            if self.enabled() && p.selector.poll_timeout().is_some() {
-                owner.insert(MacAddr(*name.as_bytes()), p.ip);
-            }
-        }
-        for (mac, dst) in owner {
-            vxlan.insert(FdbEntry { mac, dst });
-            if !self.peers.contains_key(&PeerName::from_bytes(mac.0)) {
-                bridge.insert(mac);
-            }
-        }
+        let heartbeats =
+            self.peers.iter().filter(|(_, p)| p.selector.capable()).map(|(name, p)| (MacAddr(*name.as_bytes()), p.ip));
+        let flood = self.kernel_peers().map(|(_, ip, _)| ip).chain(self.inherited.keys().copied());
+        let vxlan = fdb::desired_entries(pod_macs.iter().copied().chain(heartbeats), flood);
+        let bridge: BTreeSet<MacAddr> = pod_macs.iter().map(|(mac, _)| *mac).filter(|m| m.is_unicast()).collect();
         let peers: HashSet<PeerName> = self.kernel_peers().map(|(n, _, _)| n).collect();
         self.pending = Some((self.generation, peers));
-        Desired {
-            generation: self.generation,
-            vxlan: vxlan.into_iter().collect(),
-            bridge: bridge.into_iter().collect(),
-        }
+        Desired { generation: self.generation, vxlan, bridge: bridge.into_iter().collect() }
     }
 
     /// The kernel task applied `generation`: peers it no longer floods to

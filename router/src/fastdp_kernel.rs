@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc::UnboundedSender, watch};
 use weft_netlink::{BridgeFdbKind, BridgePortOptions, Netlink, VxlanSpec, VxlanVni};
 use weft_proto::ethernet::MacAddr;
-use weft_proto::fastdp::{self as plan, FdbEntry};
+use weft_proto::fastdp::{self as plan, FastDpHeartbeat, FdbEntry};
 use weft_proto::PeerName;
 
 use crate::core::Command;
-use crate::core::Shared;
+use crate::core::{Heartbeat, Shared};
 use crate::fastdp::{Availability, Desired};
 use crate::fastdp_socket::HeartbeatSocket;
 
@@ -120,11 +120,7 @@ async fn make_device(
     let (index, inherited) = match existing {
         // A restart: the kernel kept forwarding while we were away.
         Some(index) => {
-            let entries = nl.fdb_list(index).await?;
-            let inherited = entries
-                .into_iter()
-                .filter_map(|e| Some(FdbEntry { mac: MacAddr(e.mac), dst: e.dst? }))
-                .collect::<Vec<_>>();
+            let inherited = vxlan_entries(nl, index).await?;
             tracing::info!("reusing {vxlan} with {} forwarding entries", inherited.len());
             (index, inherited)
         }
@@ -192,6 +188,12 @@ pub async fn run(
     }
 }
 
+/// The VXLAN device's own (`self`) entries that have a destination.
+async fn vxlan_entries(nl: &Netlink, index: u32) -> Result<Vec<FdbEntry>, weft_netlink::NetlinkError> {
+    let entries = nl.fdb_list(index).await?;
+    Ok(entries.into_iter().filter_map(|e| Some(FdbEntry { mac: MacAddr(e.mac), dst: e.dst? })).collect())
+}
+
 /// One reconciliation; returns the pod MACs learned on local ports.
 async fn sync_once(
     nl: &Netlink,
@@ -209,24 +211,17 @@ async fn sync_once(
         .collect();
     let Some(desired) = desired else { return Ok(local.into_iter().collect()) };
 
-    // Bridge entries steering pod MACs to the VXLAN port.
-    let have: BTreeSet<MacAddr> = bridge_entries
-        .iter()
-        .filter(|e| e.port == vxlan_index && e.kind == BridgeFdbKind::Static)
-        .map(|e| MacAddr(e.mac))
-        .collect();
+    // Bridge entries steering pod MACs to the VXLAN port. One that
+    // learning moved elsewhere, or that lost `sticky`, is not in place.
+    let ours = bridge_entries.iter().filter(|e| e.port == vxlan_index && e.kind == BridgeFdbKind::Static);
+    let in_place: BTreeSet<MacAddr> = ours.clone().filter(|e| e.sticky).map(|e| MacAddr(e.mac)).collect();
     let want: BTreeSet<MacAddr> = desired.bridge.iter().copied().collect();
     // Removals first, bridge before device: a frame is then steered to
     // VXLAN only while the device still knows where to send it.
-    for mac in have.difference(&want) {
+    for mac in ours.map(|e| MacAddr(e.mac)).filter(|m| !want.contains(m)) {
         nl.bridge_fdb_del(vxlan_index, mac.0).await?;
     }
-    let actual: Vec<FdbEntry> = nl
-        .fdb_list(vxlan_index)
-        .await?
-        .into_iter()
-        .filter_map(|e| Some(FdbEntry { mac: MacAddr(e.mac), dst: e.dst? }))
-        .collect();
+    let actual = vxlan_entries(nl, vxlan_index).await?;
     let edits = plan::plan(&desired.vxlan, &actual);
     for e in &edits.remove {
         nl.fdb_del(vxlan_index, &weft_netlink::FdbEntry { mac: e.mac.0, dst: Some(e.dst) }).await?;
@@ -239,18 +234,46 @@ async fn sync_once(
             nl.fdb_add(vxlan_index, &entry).await?;
         }
     }
-    // Re-adding all wanted entries (replace) also moves back any that
-    // learning elsewhere took from the VXLAN port.
-    let misplaced: BTreeSet<MacAddr> = bridge_entries
-        .iter()
-        .filter(|e| want.contains(&MacAddr(e.mac)) && (e.port != vxlan_index || !e.sticky))
-        .map(|e| MacAddr(e.mac))
-        .collect();
-    for mac in want.iter().filter(|m| !have.contains(m) || misplaced.contains(m)) {
+    // `bridge_fdb_add` replaces, so it also takes back a MAC that a
+    // dynamic entry on another port holds.
+    for mac in want.difference(&in_place) {
         nl.bridge_fdb_add(vxlan_index, mac.0, true).await?;
     }
     if !edits.is_empty() {
         tracing::debug!("fast-path FDB: {} added, {} removed", edits.add.len(), edits.remove.len());
     }
     Ok(local.into_iter().collect())
+}
+
+/// Fast-path heartbeats arrive on a packet socket; a thread blocks on it
+/// and hands them to the core through the bounded heartbeat queue.
+pub fn spawn_heartbeat_reader(socket: HeartbeatSocket, shared: Arc<Shared>) -> std::io::Result<()> {
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    std::thread::Builder::new().name("weft-fastdp-hb".into()).spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let len = match socket.recv(&mut buf) {
+                Ok(Some(len)) => len,
+                Ok(None) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!("fast-path heartbeat socket failed: {e}");
+                    return;
+                }
+            };
+            match FastDpHeartbeat::parse(&buf[..len]) {
+                Ok(hb) => {
+                    if shared.heartbeats.try_send(Heartbeat::FastDp(hb)).is_err() {
+                        shared.metrics.drop(crate::metrics::Drop::HeartbeatQueueFull, 1);
+                    }
+                }
+                Err(err) => {
+                    tracing::trace!("malformed fast-path heartbeat: {err}");
+                    shared.metrics.drop(crate::metrics::Drop::MalformedFrame, 1);
+                }
+            }
+        }
+    })?;
+    Ok(())
 }

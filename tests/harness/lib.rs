@@ -59,7 +59,7 @@ pub use ipam::{
     ipalloc_range, ipam_lookup, ipam_status, start_ipam_routers, wait_ipam_ready, wait_ipam_ready_all, IpamStatus,
     Ipv4Net, Lease, IPALLOC_RANGE, IPAM_CONVERGE,
 };
-pub use metrics::{metric_sum, metric_sum_matching};
+pub use metrics::{metric_sum, metric_sum_labels, metric_sum_matching};
 pub use netns::{enter_netns, in_netns, spawn_in_netns, Netns};
 pub use ping::{ping, PingStats};
 pub use podman::PodmanNode;

@@ -41,7 +41,17 @@ fn parse_line(line: &str) -> Option<Sample> {
 /// Sum of every sample of metric `name` whose label text contains
 /// `label_contains` (e.g. `reason="malformed_datagram"`; empty matches all).
 pub fn metric_sum(text: &str, name: &str, label_contains: &str) -> f64 {
-    samples(text).iter().filter(|s| s.name == name && s.labels.contains(label_contains)).map(|s| s.value).sum()
+    metric_sum_labels(text, name, &[label_contains])
+}
+
+/// Sum of every sample of metric `name` whose label text contains all of
+/// `labels` (e.g. `["direction=\"out\"", "path=\"fastdp\""]`).
+pub fn metric_sum_labels(text: &str, name: &str, labels: &[&str]) -> f64 {
+    samples(text)
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|l| s.labels.contains(l)))
+        .map(|s| s.value)
+        .sum()
 }
 
 /// Sum over every metric whose name contains `name_contains`, with labels

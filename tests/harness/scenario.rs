@@ -7,7 +7,6 @@ use anyhow::Result;
 
 use crate::cluster::Cluster;
 use crate::endpoint::{Endpoint, Pod};
-use crate::metrics::samples;
 
 /// Runs `scenario` on a fresh `n`-node cluster. On `Err` it prints every
 /// node's `weft status connections`, then panics while the cluster is still
@@ -62,14 +61,4 @@ pub fn ping_all_pairs(pods: &[&Pod], count: u32, reach: Duration) -> Result<()> 
         }
     }
     Ok(())
-}
-
-/// Sum of every sample of metric `name` whose label text contains all of
-/// `labels` (e.g. `["direction=\"out\"", "path=\"fastdp\""]`).
-pub fn metric_sum_labels(text: &str, name: &str, labels: &[&str]) -> f64 {
-    samples(text)
-        .iter()
-        .filter(|s| s.name == name && labels.iter().all(|l| s.labels.contains(l)))
-        .map(|s| s.value)
-        .sum()
 }

@@ -4,14 +4,14 @@
 //! A unicast MAC entry sends a pod's frames straight to the node hosting
 //! it; entries for the all-zero MAC are the flood list, one per fast-path
 //! peer, so broadcasts and unknown destinations reach every one of them.
-//! Peers on the sleeve get no entries: their frames must not leak out of
-//! the VXLAN device as well as the sleeve.
+//! Peers on the sleeve get no pod or flood entries, since their frames
+//! must not leak out of the VXLAN device as well as the sleeve; only the
+//! entry for their heartbeats, which probe whether the path works again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::ethernet::MacAddr;
-use crate::PeerName;
 
 /// One kernel forwarding entry: frames for `mac` go to the node at `dst`.
 /// `MacAddr::ZERO` is the flood entry and may appear once per `dst`.
@@ -50,19 +50,20 @@ pub fn plan(desired: &[FdbEntry], actual: &[FdbEntry]) -> FdbPlan {
     }
 }
 
-/// The entries the kernel should hold, given which peer each pod MAC lives
-/// on and the node IP of every peer currently on the fast path.
+/// The entries the kernel should hold: each unicast MAC to the node it
+/// lives on (pod MACs of fast-path peers, peers' heartbeat MACs), and the
+/// all-zero MAC once per node in `flood` (the fast-path peers).
 ///
-/// A MAC listed more than once keeps its last peer (the most recent
-/// sighting), so no unicast MAC ever gets two destinations. Group MACs and
+/// A MAC listed more than once keeps its last node (the most recent
+/// knowledge), so no unicast MAC ever gets two destinations. Group MACs and
 /// the all-zero MAC are skipped: flooding is what the flood entries are for.
 pub fn desired_entries(
-    macs: impl Iterator<Item = (MacAddr, PeerName)>,
-    fastdp_peers: &HashMap<PeerName, IpAddr>,
+    macs: impl Iterator<Item = (MacAddr, IpAddr)>,
+    flood: impl Iterator<Item = IpAddr>,
 ) -> Vec<FdbEntry> {
-    let owner: HashMap<MacAddr, PeerName> = macs.filter(|(mac, _)| mac.is_unicast() && *mac != MacAddr::ZERO).collect();
-    let unicast = owner.into_iter().filter_map(|(mac, peer)| fastdp_peers.get(&peer).map(|&dst| FdbEntry { mac, dst }));
-    let flood = fastdp_peers.values().map(|&dst| FdbEntry { mac: MacAddr::ZERO, dst });
+    let owner: HashMap<MacAddr, IpAddr> = macs.filter(|(mac, _)| mac.is_unicast() && *mac != MacAddr::ZERO).collect();
+    let unicast = owner.into_iter().map(|(mac, dst)| FdbEntry { mac, dst });
+    let flood = flood.map(|dst| FdbEntry { mac: MacAddr::ZERO, dst });
     let entries: BTreeSet<FdbEntry> = unicast.chain(flood).collect();
     entries.into_iter().collect()
 }
@@ -79,10 +80,6 @@ mod tests {
 
     fn mac(last: u8) -> MacAddr {
         MacAddr([0x02, 0, 0, 0, 0, last])
-    }
-
-    fn peer(last: u8) -> PeerName {
-        PeerName::from_bytes([0x02, 0xff, 0, 0, 0, last])
     }
 
     fn entry(mac: MacAddr, dst: IpAddr) -> FdbEntry {
@@ -114,17 +111,15 @@ mod tests {
     }
 
     #[test]
-    fn desired_entries_cover_only_fastdp_peers() {
-        let fastdp = HashMap::from([(peer(1), ip(1)), (peer(2), ip(2))]);
+    fn desired_entries_skip_group_macs_and_flood_per_node() {
         let macs = [
-            (mac(10), peer(1)),
-            (mac(11), peer(2)),
-            (mac(12), peer(3)), // peer 3 is on the sleeve
-            (MacAddr::BROADCAST, peer(1)),
-            (MacAddr::ZERO, peer(1)),
-            (MacAddr([0x01, 0, 0x5e, 0, 0, 1]), peer(2)),
+            (mac(10), ip(1)),
+            (mac(11), ip(2)),
+            (MacAddr::BROADCAST, ip(1)),
+            (MacAddr::ZERO, ip(1)),
+            (MacAddr([0x01, 0, 0x5e, 0, 0, 1]), ip(2)),
         ];
-        let got = desired_entries(macs.into_iter(), &fastdp);
+        let got = desired_entries(macs.into_iter(), [ip(1), ip(2), ip(1)].into_iter());
         assert_eq!(
             got,
             [entry(MacAddr::ZERO, ip(1)), entry(MacAddr::ZERO, ip(2)), entry(mac(10), ip(1)), entry(mac(11), ip(2)),]
@@ -132,11 +127,9 @@ mod tests {
     }
 
     #[test]
-    fn a_mac_seen_twice_keeps_its_latest_peer() {
-        let fastdp = HashMap::from([(peer(1), ip(1)), (peer(2), ip(2))]);
-        let got = desired_entries([(mac(10), peer(1)), (mac(10), peer(2))].into_iter(), &fastdp);
-        assert!(got.contains(&entry(mac(10), ip(2))));
-        assert!(!got.contains(&entry(mac(10), ip(1))));
+    fn a_mac_seen_twice_keeps_its_latest_node() {
+        let got = desired_entries([(mac(10), ip(1)), (mac(10), ip(2))].into_iter(), std::iter::empty());
+        assert_eq!(got, [entry(mac(10), ip(2))]);
     }
 
     fn small_entry() -> impl Strategy<Value = FdbEntry> {
@@ -170,27 +163,21 @@ mod tests {
         #[test]
         fn desired_entries_give_one_dst_per_unicast_mac(
             macs in proptest::collection::vec((1u8..8, 1u8..5), 0..20),
-            fastdp in proptest::collection::hash_map(1u8..5, 1u8..5, 0..4),
+            flood in proptest::collection::vec(1u8..5, 0..4),
         ) {
-            let fastdp: HashMap<PeerName, IpAddr> =
-                fastdp.into_iter().map(|(p, i)| (peer(p), ip(i))).collect();
-            let got = desired_entries(macs.iter().map(|&(m, p)| (mac(m), peer(p))), &fastdp);
+            let got = desired_entries(macs.iter().map(|&(m, i)| (mac(m), ip(i))), flood.iter().map(|&i| ip(i)));
             let set: BTreeSet<FdbEntry> = got.iter().copied().collect();
             prop_assert_eq!(set.len(), got.len(), "duplicates");
             let floods: BTreeSet<IpAddr> =
                 got.iter().filter(|e| e.mac == MacAddr::ZERO).map(|e| e.dst).collect();
-            prop_assert_eq!(floods, fastdp.values().copied().collect::<BTreeSet<_>>());
+            prop_assert_eq!(floods, flood.iter().map(|&i| ip(i)).collect::<BTreeSet<_>>());
             let mut seen = BTreeSet::new();
             for e in got.iter().filter(|e| e.mac != MacAddr::ZERO) {
                 prop_assert!(seen.insert(e.mac), "two dsts for {:?}", e.mac);
-                let last = macs.iter().rev().find(|&&(m, _)| mac(m) == e.mac).map(|&(_, p)| peer(p));
-                prop_assert_eq!(last.and_then(|p| fastdp.get(&p)).copied(), Some(e.dst));
+                let last = macs.iter().rev().find(|&&(m, _)| mac(m) == e.mac).map(|&(_, i)| ip(i));
+                prop_assert_eq!(last, Some(e.dst));
             }
-            for &(m, _) in &macs {
-                let last = macs.iter().rev().find(|&&(other, _)| other == m).map(|&(_, p)| peer(p));
-                let on_fastdp = last.is_some_and(|p| fastdp.contains_key(&p));
-                prop_assert_eq!(seen.contains(&mac(m)), on_fastdp, "{:?}", mac(m));
-            }
+            prop_assert_eq!(seen.len(), macs.iter().map(|&(m, _)| m).collect::<BTreeSet<_>>().len());
         }
     }
 }

@@ -42,7 +42,9 @@ pub enum SleeveReason {
     PeerUnsupported,
     /// The fast path worked once but its heartbeats stopped arriving.
     HeartbeatTimeout,
-    /// The connection goes through another peer; VXLAN only spans one hop.
+    /// The peer's traffic goes through another peer (the direct link has
+    /// no confirmed sleeve); VXLAN only spans one hop. The router tells
+    /// this from its routes, never the selector.
     Relay,
     /// No fast-path heartbeat has proven the path yet.
     Probing,
@@ -138,18 +140,8 @@ pub struct PathSelector {
 impl PathSelector {
     /// `local_unavailable` says why this node can't use the fast path
     /// (`None`: it can).
-    pub fn new(
-        local_unavailable: Option<SleeveReason>,
-        remote_supports: bool,
-        relayed: bool,
-        now: Instant,
-        cfg: PathConfig,
-    ) -> Self {
-        // Relay first: even with support on both ends, VXLAN can't cross
-        // the intermediate peer, and that is what the operator needs to see.
-        let fixed = if relayed {
-            Some(SleeveReason::Relay)
-        } else if let Some(reason) = local_unavailable {
+    pub fn new(local_unavailable: Option<SleeveReason>, remote_supports: bool, now: Instant, cfg: PathConfig) -> Self {
+        let fixed = if let Some(reason) = local_unavailable {
             Some(reason)
         } else if !remote_supports {
             Some(SleeveReason::PeerUnsupported)
@@ -182,6 +174,12 @@ impl PathSelector {
 
     pub fn path(&self) -> Path {
         self.path
+    }
+
+    /// Both ends can do the fast path, so heartbeats must flow (whichever
+    /// path the frames take right now).
+    pub fn capable(&self) -> bool {
+        self.probe.is_some()
     }
 
     /// Times the connection moved between fast path and sleeve.
@@ -322,7 +320,7 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     fn capable(now: Instant) -> PathSelector {
-        PathSelector::new(None, true, false, now, PathConfig::default())
+        PathSelector::new(None, true, now, PathConfig::default())
     }
 
     fn drain(sel: &mut PathSelector) -> Vec<PathEvent> {
@@ -333,14 +331,13 @@ mod tests {
     fn unsupported_connections_stay_on_the_sleeve_with_their_reason() {
         let t0 = Instant::now();
         let cases = [
-            ((Some(SleeveReason::NoKernelSupport), true, false), SleeveReason::NoKernelSupport),
-            ((Some(SleeveReason::Disabled), true, false), SleeveReason::Disabled),
-            ((None, false, false), SleeveReason::PeerUnsupported),
-            ((Some(SleeveReason::NoKernelSupport), false, false), SleeveReason::NoKernelSupport),
-            ((None, true, true), SleeveReason::Relay),
+            ((Some(SleeveReason::NoKernelSupport), true), SleeveReason::NoKernelSupport),
+            ((Some(SleeveReason::Disabled), true), SleeveReason::Disabled),
+            ((None, false), SleeveReason::PeerUnsupported),
+            ((Some(SleeveReason::NoKernelSupport), false), SleeveReason::NoKernelSupport),
         ];
-        for ((local, remote, relayed), reason) in cases {
-            let mut sel = PathSelector::new(local, remote, relayed, t0, PathConfig::default());
+        for ((local, remote), reason) in cases {
+            let mut sel = PathSelector::new(local, remote, t0, PathConfig::default());
             assert_eq!(sel.path(), Path::Sleeve(reason));
             assert_eq!(sel.poll_send_heartbeat(t0), None);
             assert_eq!(sel.poll_timeout(), None);
@@ -486,7 +483,7 @@ mod tests {
         sel.handle_timeout(t0 + SEC * 5);
         assert_eq!(sel.path(), Path::Sleeve(SleeveReason::HeartbeatTimeout));
 
-        let mut off = PathSelector::new(Some(SleeveReason::Disabled), true, false, t0, PathConfig::default());
+        let mut off = PathSelector::new(Some(SleeveReason::Disabled), true, t0, PathConfig::default());
         off.resume(t0);
         assert_eq!(off.path(), Path::Sleeve(SleeveReason::Disabled), "resume cannot override the operator");
     }
@@ -591,7 +588,7 @@ mod tests {
         ) {
             let t0 = Instant::now();
             let cfg = PathConfig { recover_after, ..PathConfig::default() };
-            let mut sel = PathSelector::new(None, true, false, t0, cfg);
+            let mut sel = PathSelector::new(None, true, t0, cfg);
             let mut now = t0;
             for op in ops {
                 match op {

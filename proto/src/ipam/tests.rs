@@ -30,6 +30,15 @@ fn persisted(ipam: &Ipam) -> Vec<u8> {
     out
 }
 
+/// Peers 1 and 2 of a two-peer cluster (consensus 2) that know of each other.
+fn pair(now: Instant, r: Range) -> (Ipam, Ipam) {
+    let mut a = Ipam::new(name(1), r, 2, now);
+    let mut b = Ipam::new(name(2), r, 2, now);
+    a.set_peers(now, &[name(2)], &[name(2)]);
+    b.set_peers(now, &[name(1)], &[name(1)]);
+    (a, b)
+}
+
 /// Gossips both ways until neither changes.
 fn sync(now: Instant, a: &mut Ipam, b: &mut Ipam) {
     for _ in 0..20 {
@@ -144,10 +153,7 @@ fn gossip_for_another_range_is_rejected() {
 fn two_peers_reach_consensus_and_a_latecomer_asks_for_space() {
     let now = Instant::now();
     let r = range("10.0.0.0/24");
-    let mut a = Ipam::new(name(1), r, 2, now);
-    let mut b = Ipam::new(name(2), r, 2, now);
-    a.set_peers(now, &[name(2)], &[name(2)]);
-    b.set_peers(now, &[name(1)], &[name(1)]);
+    let (mut a, mut b) = pair(now, r);
     assert_eq!(a.allocate(now, "a1", "eth0"), Err(AllocError::NotReady));
     assert!(a.poll_timeout().is_some());
     sync(now, &mut a, &mut b);
@@ -209,10 +215,7 @@ fn rmpeer_refuses_self_unknown_and_reachable_peers() {
 fn rmpeer_hands_a_dead_peers_space_to_its_heir() {
     let now = Instant::now();
     let r = range("10.0.0.0/24");
-    let mut a = Ipam::new(name(1), r, 2, now);
-    let mut b = Ipam::new(name(2), r, 2, now);
-    a.set_peers(now, &[name(2)], &[name(2)]);
-    b.set_peers(now, &[name(1)], &[name(1)]);
+    let (mut a, mut b) = pair(now, r);
     assert_eq!(a.allocate(now, "a", "eth0"), Err(AllocError::NotReady));
     sync(now, &mut a, &mut b);
     assert!(a.is_ready());
