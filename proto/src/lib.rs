@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod codec;
 pub mod control;
+pub mod crypto;
 pub mod ethernet;
 pub mod fastdp;
 pub mod icmp;

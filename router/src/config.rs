@@ -51,6 +51,21 @@ pub struct RouterArgs {
     /// Never use the kernel VXLAN fast path: every connection uses the sleeve.
     #[arg(long, env = "WEFT_NO_FASTDP")]
     pub no_fastdp: bool,
+    /// Encrypt and authenticate every peer link with a key derived from the
+    /// password in this file (one trailing newline is ignored). Also from
+    /// WEFT_PASSWORD or WEAVE_PASSWORD.
+    #[arg(long, env = "WEFT_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// The AEAD for encrypted links, the same on every peer:
+    /// chacha20-poly1305 or aes-256-gcm (needs AES instructions).
+    #[arg(long, env = "WEFT_CIPHER", default_value = "chacha20-poly1305")]
+    pub cipher: weft_proto::crypto::Cipher,
+    /// Test only: rotate sleeve and control keys after this many messages.
+    #[arg(long, env = "WEFT_TEST_REKEY_AFTER_MESSAGES", hide = true)]
+    pub test_rekey_after_messages: Option<u64>,
+    /// Test only: rotate sleeve and control keys after this many seconds.
+    #[arg(long, env = "WEFT_TEST_REKEY_AFTER_SECS", hide = true)]
+    pub test_rekey_after_secs: Option<u64>,
     /// Peers to connect to, host[:port]. Also from WEFT_PEERS (space separated).
     #[arg(env = "WEFT_PEERS", value_delimiter = ' ')]
     pub peers: Vec<String>,
@@ -71,6 +86,59 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub ipalloc_range: weft_proto::ipam::Range,
     pub consensus_count: usize,
+    /// The password (not yet stretched) and cipher; `None`: unencrypted.
+    pub password: Option<Password>,
+}
+
+/// A password as given, with the cipher and rekey limits to use it with.
+#[derive(Clone)]
+pub struct Password {
+    pub secret: Vec<u8>,
+    /// Where it came from, for logs: never the password itself.
+    pub source: &'static str,
+    pub cipher: weft_proto::crypto::Cipher,
+    pub rekey: weft_proto::crypto::RekeyPolicy,
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Password").field("source", &self.source).field("cipher", &self.cipher).finish()
+    }
+}
+
+impl Password {
+    /// Stretches the password into the cluster key: deliberately slow
+    /// (Argon2id, see docs/encryption.md), done once at start.
+    pub fn encryption(&self) -> anyhow::Result<weft_proto::control::Encryption> {
+        let psk = weft_proto::crypto::Psk::derive(&self.secret)?;
+        Ok(weft_proto::control::Encryption { psk, cipher: self.cipher, rekey: self.rekey })
+    }
+}
+
+/// The password from --password-file, WEFT_PASSWORD or WEAVE_PASSWORD, in
+/// that order. An empty variable means none; an empty file is an error
+/// (a mounted Secret that lost its content must not turn encryption off).
+fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<Option<(Vec<u8>, &'static str)>> {
+    use anyhow::Context;
+    if let Some(path) = file {
+        let mut secret = std::fs::read(path).with_context(|| format!("--password-file {}", path.display()))?;
+        if secret.last() == Some(&b'\n') {
+            secret.pop();
+            if secret.last() == Some(&b'\r') {
+                secret.pop();
+            }
+        }
+        if secret.is_empty() {
+            anyhow::bail!("--password-file {}: the file is empty", path.display());
+        }
+        return Ok(Some((secret, "--password-file")));
+    }
+    for (var, source) in [("WEFT_PASSWORD", "WEFT_PASSWORD"), ("WEAVE_PASSWORD", "WEAVE_PASSWORD")] {
+        if let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return Ok(Some((std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()).to_vec(), source)));
+        }
+    }
+    Ok(None)
 }
 
 impl Config {
@@ -98,7 +166,27 @@ impl Config {
                 _ => anyhow::bail!("--ipalloc-init {init:?}: expected consensus=N with N >= 1"),
             },
         };
+        let password = match read_password(args.password_file.as_deref())? {
+            None => None,
+            Some((secret, source)) => {
+                if !args.cipher.hardware_accelerated() {
+                    anyhow::bail!(
+                        "--cipher {}: this CPU has no AES instructions; use chacha20-poly1305 on every peer",
+                        args.cipher
+                    );
+                }
+                let mut rekey = weft_proto::crypto::RekeyPolicy::default();
+                if let Some(n) = args.test_rekey_after_messages {
+                    rekey.after_messages = n.max(1);
+                }
+                if let Some(secs) = args.test_rekey_after_secs {
+                    rekey.after_time = std::time::Duration::from_secs(secs.max(1));
+                }
+                Some(Password { secret, source, cipher: args.cipher, rekey })
+            }
+        };
         Ok(Config {
+            password,
             name: args.name,
             nickname,
             port: args.port,

@@ -189,9 +189,30 @@ async fn serve(cfg: Config) -> Result<()> {
         if bridge.created { ", created" } else { "" }
     );
 
+    let encryption = match &cfg.password {
+        None => None,
+        Some(password) => {
+            let started = Instant::now();
+            let enc = password.encryption().context("deriving the key from the password")?;
+            tracing::info!(
+                "encryption on ({}, password from {}; key derived in {} ms)",
+                password.cipher,
+                password.source,
+                started.elapsed().as_millis()
+            );
+            Some(Arc::new(enc))
+        }
+    };
+    let fastdp_off = if !cfg.fastdp {
+        Some(crate::fastdp::Availability::Disabled)
+    } else if encryption.is_some() {
+        Some(crate::fastdp::Availability::Encrypted(crate::fastdp_kernel::encrypted_kernel_note()))
+    } else {
+        None
+    };
     let (availability, device) = crate::fastdp_kernel::setup(
         &nl,
-        cfg.fastdp,
+        fastdp_off,
         crate::fastdp_kernel::Bridge { name: &cfg.bridge, index: bridge.index, tap_index },
         cfg.port,
         pod_mtu,
@@ -258,7 +279,7 @@ async fn serve(cfg: Config) -> Result<()> {
     )?;
     let fastdp = crate::fastdp::FastDp::new(availability, socket, inherited, name, pod_mtu, now);
     let features = if fastdp.enabled() { weft_proto::control::FEATURE_FASTDP } else { 0 };
-    let local = LocalPeer { name, nickname: cfg.nickname.clone(), uid, udp_port: cfg.port, features };
+    let local = LocalPeer { name, nickname: cfg.nickname.clone(), uid, udp_port: cfg.port, features, encryption };
     let mut core = Core {
         topology: Topology::new(name, cfg.nickname.clone(), uid, now),
         local,
@@ -279,6 +300,7 @@ async fn serve(cfg: Config) -> Result<()> {
         desired_tx,
         last_publish: None,
         dirty: true,
+        refused: BTreeMap::new(),
         cfg,
     };
     let initial = core.cfg.peers.clone();
@@ -286,6 +308,35 @@ async fn serve(cfg: Config) -> Result<()> {
     core.fastdp_changed();
     core.run(rx, hb_rx).await;
     Ok(())
+}
+
+/// One sleeve heartbeat to `addr`, sealed on an encrypted connection.
+fn send_sleeve_heartbeat(
+    udp: &UdpSocket,
+    addr: SocketAddr,
+    local: PeerName,
+    c: &Conn,
+    now: Instant,
+    metrics: &Metrics,
+) {
+    use weft_proto::sleeve::{write_heartbeat, SEALED_HEADER_LEN, SEAL_OVERHEAD};
+    const PLAIN: usize = 64;
+    let mut buf = [0u8; PLAIN + SEAL_OVERHEAD];
+    let front = if c.session.is_some() { SEALED_HEADER_LEN } else { 0 };
+    let plain = match write_heartbeat(&mut buf[front..], local, c.proto.conn_id(), PLAIN) {
+        Ok(plain) => plain,
+        Err(err) => return tracing::warn!("sleeve heartbeat to {addr}: {err}"),
+    };
+    let len = match &c.session {
+        None => plain,
+        Some(session) => match session.seal(&mut buf, plain, local, now, metrics) {
+            Ok(len) => len,
+            Err(err) => return tracing::warn!("sealing a sleeve heartbeat to {addr}: {err}"),
+        },
+    };
+    if let Err(err) = udp.send_to(&buf[..len], addr) {
+        tracing::debug!("sleeve heartbeat to {addr}: {err}");
+    }
 }
 
 fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
@@ -334,6 +385,10 @@ struct Conn {
     udp_addr: Option<SocketAddr>,
     path_mtu: u32,
     since: Instant,
+    /// The sleeve's keys, on an encrypted connection.
+    session: Option<Arc<crate::sleeve_session::SleeveSession>>,
+    /// Control-stream key rotations already counted in the metrics.
+    rekeys_counted: (u64, u64),
 }
 
 impl Conn {
@@ -393,7 +448,22 @@ struct Core {
     desired_tx: tokio::sync::watch::Sender<Option<Arc<crate::fastdp::Desired>>>,
     last_publish: Option<Instant>,
     dirty: bool,
+    /// Recent handshake failures of inbound connections, by remote IP, so
+    /// the refusing side's `weft status` says who was refused and why.
+    refused: BTreeMap<std::net::IpAddr, Refused>,
 }
+
+/// An inbound connection that failed its handshake.
+#[derive(Debug)]
+struct Refused {
+    address: SocketAddr,
+    peer: Option<String>,
+    reason: String,
+    at: Instant,
+}
+
+/// How long a refused inbound connection stays in `weft status`.
+const REFUSED_SHOWN_FOR: Duration = Duration::from_secs(120);
 
 impl Core {
     async fn run(&mut self, mut rx: UnboundedReceiver<Command>, mut hb_rx: Receiver<Heartbeat>) {
@@ -672,6 +742,11 @@ impl Core {
         if self.fastdp.poll(now, &self.shared.metrics) {
             self.fastdp_changed();
         }
+        let before = self.refused.len();
+        self.refused.retain(|_, r| now.saturating_duration_since(r.at) < REFUSED_SHOWN_FOR);
+        if self.refused.len() != before {
+            self.dirty = true;
+        }
         let expired = self.shared.lock_macs().expire(now);
         if expired > 0 {
             self.dirty = true;
@@ -707,24 +782,80 @@ impl Core {
         let conn_id = rand::random::<u64>();
         let outbound = matches!(origin, Origin::Target(_));
         let (writer, reader) = control::spawn_io(id, stream, self.tx.clone());
-        let proto = Connection::new(self.local.clone(), self.timers.clone(), conn_id, outbound, now);
+        let proto =
+            Connection::new(self.local.clone(), self.timers.clone(), conn_id, outbound, now, rand::random::<[u8; 32]>());
         if let Origin::Target(key) = &origin {
             if let Some(t) = self.targets.get_mut(key) {
                 t.conn = Some(id);
             }
         }
         let path_mtu = crate::path_mtu::path_mtu(addr.ip()).unwrap_or(1500);
-        self.conns.insert(id, Conn { proto, addr, origin, writer, reader, udp_addr: None, path_mtu, since: now });
+        self.conns.insert(
+            id,
+            Conn {
+                proto,
+                addr,
+                origin,
+                writer,
+                reader,
+                udp_addr: None,
+                path_mtu,
+                since: now,
+                session: None,
+                rekeys_counted: (0, 0),
+            },
+        );
         self.dirty = true;
     }
 
     fn fail_conn(&mut self, id: u64, err: &ConnectionError, now: Instant) {
+        use crate::metrics::HandshakeFailure;
+        use weft_proto::control::Refusal;
         let reason = match err {
             ConnectionError::HeartbeatTimeout { .. } => ConnFailure::HeartbeatTimeout,
             ConnectionError::SelfConnection => ConnFailure::SelfConnection,
-            ConnectionError::Handshake(_) | ConnectionError::HandshakeTimeout { .. } => ConnFailure::Handshake,
+            ConnectionError::Handshake(_)
+            | ConnectionError::HandshakeTimeout { .. }
+            | ConnectionError::Refused(_)
+            | ConnectionError::PeerRefused
+            | ConnectionError::Noise(_)
+            | ConnectionError::HandshakeFrame(_) => ConnFailure::Handshake,
             _ => ConnFailure::Protocol,
         };
+        let handshake_failure = match err {
+            ConnectionError::Refused(Refusal::PasswordDiffers) | ConnectionError::PeerRefused => {
+                Some(HandshakeFailure::PasswordDiffers)
+            }
+            ConnectionError::Refused(Refusal::PeerHasNoPassword | Refusal::PeerRequiresPassword) => {
+                Some(HandshakeFailure::EncryptionMismatch)
+            }
+            ConnectionError::Refused(Refusal::CipherMismatch { .. }) => Some(HandshakeFailure::CipherMismatch),
+            ConnectionError::Noise(_) | ConnectionError::HandshakeFrame(_) => Some(HandshakeFailure::Malformed),
+            _ => None,
+        };
+        if let Some(failure) = handshake_failure {
+            self.shared.metrics.handshake_failure(failure);
+        }
+        if matches!(err, ConnectionError::ControlAuth(_)) {
+            self.shared.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            // A refusal carries its reason to the peer: send it before closing.
+            let mut farewell = Vec::new();
+            if c.proto.poll_transmit(&mut farewell) {
+                let _ = c.writer.send(farewell);
+            }
+            if handshake_failure.is_some() && c.origin == Origin::Inbound {
+                let peer = c.proto.announced().map(|r| format!("{}({})", r.name, r.nickname));
+                if let Some(p) = &peer {
+                    tracing::warn!("refused {p} at {}: {err}", c.addr);
+                }
+                self.refused.insert(
+                    c.addr.ip(),
+                    Refused { address: c.addr, peer, reason: err.to_string(), at: now },
+                );
+            }
+        }
         if reason == ConnFailure::SelfConnection {
             if let Some(Origin::Target(key)) = self.conns.get(&id).map(|c| c.origin.clone()) {
                 if let Some(t) = self.targets.get_mut(&key) {
@@ -817,22 +948,21 @@ impl Core {
                 break;
             }
         }
-        let mut hb = [0u8; 64];
         let mut out = Vec::new();
+        let metrics = &self.shared.metrics;
         for c in self.conns.values_mut() {
             if c.proto.poll_transmit(&mut out) {
                 let _ = c.writer.send(std::mem::take(&mut out));
             }
             if c.proto.poll_sleeve_heartbeat(now) {
                 if let Some(addr) = c.udp_addr {
-                    let len = weft_proto::sleeve::write_heartbeat(&mut hb, self.local.name, c.proto.conn_id(), 64);
-                    if let Ok(len) = len {
-                        if let Err(err) = self.udp.send_to(&hb[..len], addr) {
-                            tracing::debug!("sleeve heartbeat to {addr}: {err}");
-                        }
-                    }
+                    send_sleeve_heartbeat(&self.udp, addr, self.local.name, c, now, metrics);
                 }
             }
+            let (tx, rx) = c.proto.rekeys();
+            let (seen_tx, seen_rx) = std::mem::replace(&mut c.rekeys_counted, (tx, rx));
+            metrics.rekeys_tx.fetch_add(tx - seen_tx, std::sync::atomic::Ordering::Relaxed);
+            metrics.rekeys_rx.fetch_add(rx - seen_rx, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -923,6 +1053,8 @@ impl Core {
         }
         let Some(c) = self.conns.get_mut(&id) else { return };
         c.udp_addr = Some(SocketAddr::new(c.addr.ip(), remote.udp_port));
+        c.session = c.proto.take_sleeve_keys().map(|keys| Arc::new(crate::sleeve_session::SleeveSession::new(keys)));
+        self.refused.remove(&c.addr.ip());
         tracing::info!("connected to {}({}) at {}", remote.name, remote.nickname, c.addr);
         let mut all = Vec::new();
         self.topology.encode_all(&mut all);
@@ -986,11 +1118,14 @@ impl Core {
 
     fn refresh_forwarding(&mut self) {
         let routes = self.topology.routes();
-        let mut fwd = Forwarding::default();
+        let mut fwd = Forwarding { encrypted: self.local.encryption.is_some(), ..Forwarding::default() };
         for c in self.conns.values() {
             let (Some(r), Some(addr)) = (c.remote(), c.udp_addr) else { continue };
+            if let Some(session) = &c.session {
+                fwd.sessions.insert(r.name, session.clone());
+            }
             if c.proto.state() == State::Established {
-                fwd.neighbours.insert(r.name, Neighbour::new(addr, c.path_mtu));
+                fwd.neighbours.insert(r.name, Neighbour::new(addr, c.path_mtu, c.session.clone()));
             }
         }
         for (dest, via) in routes.unicast() {
@@ -1128,7 +1263,8 @@ impl Core {
                     Some(r) => (
                         if established { "established" } else { "pending" },
                         format!(
-                            "{overlay} unencrypted {}({}) mtu={}{}{}",
+                            "{overlay} {} {}({}) mtu={}{}{}",
+                            if c.proto.encrypted() { "encrypted" } else { "unencrypted" },
                             r.name,
                             r.nickname,
                             self.pod_mtu,
@@ -1144,6 +1280,7 @@ impl Core {
                     state,
                     info,
                     overlay,
+                    encrypted: c.remote().map(|_| c.proto.encrypted()),
                     reason,
                     mtu: Some(self.pod_mtu),
                 }
@@ -1172,6 +1309,24 @@ impl Core {
                 state,
                 info,
                 overlay: "",
+                encrypted: None,
+                reason: None,
+                mtu: None,
+            });
+        }
+        for r in self.refused.values() {
+            connections.push(ConnView {
+                address: r.address.to_string(),
+                outbound: false,
+                state: "failed",
+                info: format!(
+                    "{}{}, {}s ago",
+                    r.peer.as_ref().map(|p| format!("{p}: ")).unwrap_or_default(),
+                    r.reason,
+                    now.saturating_duration_since(r.at).as_secs()
+                ),
+                overlay: "",
+                encrypted: None,
                 reason: None,
                 mtu: None,
             });
@@ -1206,7 +1361,8 @@ impl Core {
             name: self.local.name,
             nickname: self.local.nickname.clone(),
             port: self.cfg.port,
-            encryption: false,
+            encryption: self.local.encryption.is_some(),
+            cipher: self.local.encryption.as_ref().map(|e| e.cipher.to_string()),
             fastdp: self.fastdp.availability().describe(),
             discovery: self.cfg.discovery,
             mtu: self.pod_mtu,

@@ -8,6 +8,7 @@
 
 use crate::core::{Heartbeat, Shared, SleeveHeartbeat};
 use crate::metrics::{Direction, Drop, TrafficBatch};
+use crate::sleeve_session::SleeveSession;
 use crate::tap::Tap;
 use crate::udp_batch::MsgBatch;
 use std::collections::{HashMap, HashSet};
@@ -34,12 +35,16 @@ pub struct Neighbour {
     pub max_datagram: usize,
     /// Largest Ethernet frame that fits in one such datagram.
     pub max_frame: usize,
+    /// The link's keys when the cluster is encrypted.
+    pub session: Option<Arc<SleeveSession>>,
 }
 
 impl Neighbour {
-    pub fn new(addr: SocketAddr, path_mtu: u32) -> Self {
+    pub fn new(addr: SocketAddr, path_mtu: u32, session: Option<Arc<SleeveSession>>) -> Self {
         let max_datagram = sleeve::max_datagram_payload(path_mtu as usize);
-        Neighbour { addr, max_datagram, max_frame: sleeve::max_frame_len(max_datagram) }
+        let overhead = if session.is_some() { sleeve::SEAL_OVERHEAD } else { 0 };
+        let max_frame = sleeve::max_frame_len(max_datagram.saturating_sub(overhead));
+        Neighbour { addr, max_datagram, max_frame, session }
     }
 }
 
@@ -58,6 +63,11 @@ pub struct Forwarding {
     /// (next hop, destination) copies of a broadcast or unknown-unicast
     /// frame from a local pod; the destination is `BROADCAST` for a tree.
     pub local_flood: Vec<(PeerName, PeerName)>,
+    /// With a password: every connected peer's sleeve keys (also before its
+    /// sleeve is confirmed: heartbeats are sealed too). Datagrams that are
+    /// not sealed, or from a peer without keys, are dropped.
+    pub encrypted: bool,
+    pub sessions: HashMap<PeerName, Arc<SleeveSession>>,
 }
 
 impl Forwarding {
@@ -141,6 +151,11 @@ impl Encapsulator {
                 shared.metrics.drop(Drop::NoRoute, group as u64);
                 continue;
             };
+            let (front, back) = match nb.session {
+                Some(_) => (sleeve::SEALED_HEADER_LEN, weft_proto::crypto::TAG_LEN),
+                None => (0, 0),
+            };
+            let now = Instant::now();
             let mut builder: Option<(usize, DatagramBuilder<'_>)> = None;
             for p in entries {
                 let frame = &frames[p.buf][p.start..p.end];
@@ -150,13 +165,15 @@ impl Encapsulator {
                 }
                 let fits = builder.as_mut().is_some_and(|(_, b)| b.push_frame(p.origin, p.dest, frame).is_ok());
                 if !fits {
-                    // Current datagram full (or none yet): seal it, open the next.
+                    // Current datagram full (or none yet): send it, open the next.
                     if let Some((idx, full)) = builder.take() {
-                        self.msgs.push((nb.addr, idx, full.finish()));
+                        seal_and_queue(&mut self.msgs, self.local, nb, (idx, full), now, shared);
                     }
                     let Some((idx, buf)) = free.next() else { break };
                     let cap = nb.max_datagram.min(buf.len());
-                    let Ok(mut b) = DatagramBuilder::new(&mut buf[..cap], self.local) else { break };
+                    let Ok(mut b) = DatagramBuilder::with_margins(&mut buf[..cap], self.local, front, back) else {
+                        break;
+                    };
                     // Fits: max_frame was derived from max_datagram.
                     let _ = b.push_frame(p.origin, p.dest, frame);
                     builder = Some((idx, b));
@@ -165,7 +182,7 @@ impl Encapsulator {
             }
             if let Some((idx, b)) = builder.take() {
                 if !b.is_empty() {
-                    self.msgs.push((nb.addr, idx, b.finish()));
+                    seal_and_queue(&mut self.msgs, self.local, nb, (idx, b), now, shared);
                 }
             }
         }
@@ -177,6 +194,31 @@ impl Encapsulator {
         }
         shared.metrics.flush(&mut self.traffic);
     }
+}
+
+/// Queues a finished datagram (buffer index, builder), sealing it first
+/// for an encrypted link.
+fn seal_and_queue(
+    msgs: &mut Vec<(SocketAddr, usize, usize)>,
+    local: PeerName,
+    nb: &Neighbour,
+    (idx, builder): (usize, DatagramBuilder<'_>),
+    now: Instant,
+    shared: &Shared,
+) {
+    let (buf, plain) = builder.into_parts();
+    let len = match &nb.session {
+        None => plain,
+        Some(session) => match session.seal(buf, plain, local, now, &shared.metrics) {
+            Ok(len) => len,
+            Err(err) => {
+                tracing::warn!("sealing a datagram for {}: {err}", nb.addr);
+                shared.metrics.drop(Drop::SendFailed, 1);
+                return;
+            }
+        },
+    };
+    msgs.push((nb.addr, idx, len));
 }
 
 /// Learns one MAC; a move between owners is counted and logged.
@@ -312,6 +354,41 @@ fn reply_too_big(shared: &Shared, tap: &Tap, scratch: &mut [u8], frame: &[u8], m
     }
 }
 
+/// The plain datagram in a received buffer, opening it first if it is
+/// sealed; `None` (counted) when it must be dropped. Also returns the
+/// buffer's start address, for frame offsets into it.
+fn unseal<'a>(shared: &Shared, fwd: &Forwarding, buf: &'a mut [u8]) -> Option<(&'a [u8], usize)> {
+    let base = buf.as_ptr() as usize;
+    let header = match sleeve::sealed_header(buf) {
+        Ok(header) => header,
+        Err(_) => {
+            shared.metrics.drop(Drop::MalformedDatagram, 1);
+            return None;
+        }
+    };
+    match header {
+        None if fwd.encrypted => {
+            shared.metrics.drop(Drop::Unencrypted, 1);
+            None
+        }
+        None => Some((buf, base)),
+        Some(header) => {
+            let Some(session) = fwd.sessions.get(&header.sender) else {
+                shared.metrics.drop(Drop::NoSession, 1);
+                return None;
+            };
+            match session.open(buf, &shared.metrics) {
+                Ok(plain) => Some((plain, base)),
+                Err(err) => {
+                    tracing::trace!("sealed datagram from {}: {err}", header.sender);
+                    shared.metrics.unseal_failure(&err);
+                    None
+                }
+            }
+        }
+    }
+}
+
 struct UdpToTap {
     shared: Arc<Shared>,
     local: PeerName,
@@ -378,7 +455,7 @@ impl UdpToTap {
         self.plan.clear();
         let now = Instant::now();
         for (bi, &(len, from)) in self.recvd.iter().enumerate() {
-            let data = &self.bufs[bi][..len];
+            let Some((data, base)) = unseal(&self.shared, fwd, &mut self.bufs[bi][..len]) else { continue };
             let (sender, frames) = match sleeve::parse(data) {
                 Ok(Datagram::Heartbeat { sender, conn_id }) => {
                     let hb = Heartbeat::Sleeve(SleeveHeartbeat { sender, conn_id, from });
@@ -399,7 +476,6 @@ impl UdpToTap {
                 self.shared.metrics.drop(Drop::UnknownPeer, 1);
                 continue;
             }
-            let base = data.as_ptr() as usize;
             for f in frames {
                 let f = match f {
                     Ok(f) => f,

@@ -38,6 +38,9 @@ pub enum Availability {
     },
     /// `--no-fastdp`.
     Disabled,
+    /// A password is set: VXLAN would carry pods' traffic in clear. Says
+    /// what the kernel lacks for an encrypted kernel path.
+    Encrypted(String),
     /// The kernel refused the VXLAN device (or the heartbeat socket).
     Unavailable(String),
 }
@@ -48,6 +51,7 @@ impl Availability {
         match self {
             Availability::Enabled { .. } => None,
             Availability::Disabled => Some(SleeveReason::Disabled),
+            Availability::Encrypted(_) => Some(SleeveReason::Encrypted),
             Availability::Unavailable(_) => Some(SleeveReason::NoKernelSupport),
         }
     }
@@ -57,6 +61,7 @@ impl Availability {
         match self {
             Availability::Enabled { vxlan, port } => format!("enabled ({vxlan}, UDP {port})"),
             Availability::Disabled => "disabled (--no-fastdp)".to_string(),
+            Availability::Encrypted(why) => format!("disabled (encrypted: {why})"),
             Availability::Unavailable(why) => format!("unavailable ({why})"),
         }
     }

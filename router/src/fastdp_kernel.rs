@@ -45,9 +45,23 @@ pub struct Bridge<'a> {
 
 /// Makes (or reuses) the VXLAN device and attaches it to the bridge.
 /// Failures are not fatal: the router runs sleeve-only and says why.
+/// Why an encrypted cluster can't use a kernel path, as `weft status`
+/// says it: which kernel ciphers this node lacks (or, if present, that
+/// weft does not drive them yet).
+pub fn encrypted_kernel_note() -> String {
+    let wireguard = std::path::Path::new("/sys/module/wireguard").exists();
+    let crypto = std::fs::read_to_string("/proc/crypto").unwrap_or_default();
+    let esp_aead = crypto.contains("rfc4106(gcm(aes))") || crypto.contains("rfc7539esp(chacha20,poly1305)");
+    match (wireguard, esp_aead) {
+        (false, false) => "this kernel has no WireGuard module or ESP AEAD; VXLAN would carry pod traffic in clear".into(),
+        _ => "weft has no encrypted kernel path yet (the kernel has WireGuard or ESP AEAD); VXLAN would carry pod traffic in clear"
+            .into(),
+    }
+}
+
 pub async fn setup(
     nl: &Netlink,
-    enabled: bool,
+    off: Option<Availability>,
     bridge: Bridge<'_>,
     port: u16,
     pod_mtu: u32,
@@ -55,7 +69,7 @@ pub async fn setup(
 ) -> (Availability, Option<Device>) {
     let (bridge_index, tap_index) = (bridge.index, bridge.tap_index);
     let vxlan = crate::devices::vxlan_name(bridge.name);
-    if !enabled {
+    if let Some(off) = off {
         // A device left from a run with the fast path on would keep
         // flooding pod frames next to the sleeve.
         match nl.delete_link(&vxlan).await {
@@ -63,7 +77,7 @@ pub async fn setup(
             Ok(false) => {}
             Err(err) => tracing::warn!("fast path disabled, but the old VXLAN device {vxlan} stays: {err}"),
         }
-        return (Availability::Disabled, None);
+        return (off, None);
     }
     let dstport = port.wrapping_add(1);
     match make_device(nl, &vxlan, bridge_index, tap_index, dstport, pod_mtu, name).await {

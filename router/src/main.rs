@@ -16,6 +16,7 @@ mod ipam;
 mod metrics;
 mod path_mtu;
 mod reset;
+mod sleeve_session;
 mod status;
 mod tap;
 mod udp_batch;

@@ -33,6 +33,18 @@ reasons!(Drop {
     LocalDestination => "local_destination",
     HeartbeatQueueFull => "heartbeat_queue_full",
     OnFastPath => "on_fast_path",
+    AuthFailed => "auth_failed",
+    Replay => "replay",
+    Unencrypted => "unencrypted",
+    UnknownEpoch => "unknown_epoch",
+    NoSession => "no_session",
+});
+
+reasons!(HandshakeFailure {
+    PasswordDiffers => "password_differs",
+    EncryptionMismatch => "encryption_mismatch",
+    CipherMismatch => "cipher_mismatch",
+    Malformed => "malformed",
 });
 
 reasons!(ConnFailure {
@@ -87,6 +99,14 @@ pub struct Metrics {
     switches_to: [AtomicU64; 2],
     /// The VXLAN device's counters: rx frames, tx frames, rx bytes, tx bytes.
     fastdp: [AtomicU64; 4],
+    handshake_failures: Vec<AtomicU64>,
+    /// Sealed datagrams and control frames whose tag did not verify.
+    pub auth_failures: AtomicU64,
+    /// Sealed datagrams the replay window rejected.
+    pub replays: AtomicU64,
+    /// Key rotations: ours (sealing), the peers' we followed (opening).
+    pub rekeys_tx: AtomicU64,
+    pub rekeys_rx: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -98,6 +118,11 @@ impl Default for Metrics {
             traffic: Mutex::new(HashMap::new()),
             switches_to: Default::default(),
             fastdp: Default::default(),
+            handshake_failures: HandshakeFailure::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            auth_failures: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            rekeys_tx: AtomicU64::new(0),
+            rekeys_rx: AtomicU64::new(0),
         }
     }
 }
@@ -113,6 +138,28 @@ impl Metrics {
 
     pub fn conn_failure(&self, reason: ConnFailure) {
         self.conn_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handshake_failure(&self, reason: HandshakeFailure) {
+        self.handshake_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sealed datagram that could not be opened, counted by why.
+    pub fn unseal_failure(&self, err: &weft_proto::sleeve::UnsealError) {
+        use weft_proto::crypto::OpenError;
+        use weft_proto::sleeve::UnsealError;
+        match err {
+            UnsealError::Open(OpenError::Replay(_)) => {
+                self.replays.fetch_add(1, Ordering::Relaxed);
+                self.drop(Drop::Replay, 1);
+            }
+            UnsealError::Open(OpenError::UnknownEpoch) => self.drop(Drop::UnknownEpoch, 1),
+            UnsealError::Open(OpenError::AuthFailed) => {
+                self.auth_failures.fetch_add(1, Ordering::Relaxed);
+                self.drop(Drop::AuthFailed, 1);
+            }
+            UnsealError::Malformed(_) | UnsealError::SenderMismatch { .. } => self.drop(Drop::MalformedDatagram, 1),
+        }
     }
 
     pub fn path_switch(&self, to_fastdp: bool) {
@@ -169,6 +216,22 @@ impl Metrics {
             let n = self.conn_failures[*r as usize].load(Ordering::Relaxed);
             let _ = writeln!(out, "weft_connection_failures_total{{reason=\"{}\"}} {n}", r.label());
         }
+        let _ = writeln!(out, "# HELP weft_handshake_failures_total Encrypted handshakes refused, by reason.");
+        let _ = writeln!(out, "# TYPE weft_handshake_failures_total counter");
+        for r in HandshakeFailure::ALL {
+            let n = self.handshake_failures[*r as usize].load(Ordering::Relaxed);
+            let _ = writeln!(out, "weft_handshake_failures_total{{reason=\"{}\"}} {n}", r.label());
+        }
+        let _ = writeln!(out, "# HELP weft_auth_failures_total Sealed datagrams and control frames that failed authentication.");
+        let _ = writeln!(out, "# TYPE weft_auth_failures_total counter");
+        let _ = writeln!(out, "weft_auth_failures_total {}", self.auth_failures.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP weft_replays_total Sealed datagrams rejected as replays.");
+        let _ = writeln!(out, "# TYPE weft_replays_total counter");
+        let _ = writeln!(out, "weft_replays_total {}", self.replays.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP weft_rekeys_total Key rotations: ours (tx) and the peers' we followed (rx).");
+        let _ = writeln!(out, "# TYPE weft_rekeys_total counter");
+        let _ = writeln!(out, "weft_rekeys_total{{direction=\"tx\"}} {}", self.rekeys_tx.load(Ordering::Relaxed));
+        let _ = writeln!(out, "weft_rekeys_total{{direction=\"rx\"}} {}", self.rekeys_rx.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP weft_drops_total Frames or datagrams dropped, by reason.");
         let _ = writeln!(out, "# TYPE weft_drops_total counter");
         for r in Drop::ALL {

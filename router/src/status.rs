@@ -34,6 +34,8 @@ pub struct ConnView {
     /// Free text: the overlay and encryption, or why it failed.
     pub info: String,
     pub overlay: &'static str,
+    /// Sealed with the cluster password's keys (known once the handshake is done).
+    pub encrypted: Option<bool>,
     /// Why a connection is on the sleeve rather than the fast path.
     pub reason: Option<String>,
     pub mtu: Option<u32>,
@@ -54,6 +56,8 @@ pub struct Snapshot {
     pub nickname: String,
     pub port: u16,
     pub encryption: bool,
+    /// The cluster cipher when encryption is on.
+    pub cipher: Option<String>,
     /// The fast path's availability on this node, as `weft status` says it.
     pub fastdp: String,
     pub discovery: bool,
@@ -137,7 +141,14 @@ impl Snapshot {
             weft_proto::control::PROTOCOL_MAX_VERSION
         );
         let _ = writeln!(out, "           Name: {}", peer_label(self.name, &self.nickname));
-        let _ = writeln!(out, "     Encryption: {}", enabled(self.encryption));
+        match &self.cipher {
+            Some(cipher) if self.encryption => {
+                let _ = writeln!(out, "     Encryption: enabled ({cipher})");
+            }
+            _ => {
+                let _ = writeln!(out, "     Encryption: {}", enabled(self.encryption));
+            }
+        }
         let _ = writeln!(out, "         FastDP: {}", self.fastdp);
         let _ = writeln!(out, "  PeerDiscovery: {}", enabled(self.discovery));
         let _ = writeln!(out, "        Targets: {}", self.targets.len());
@@ -213,6 +224,9 @@ impl Snapshot {
                 }
                 if let Some(reason) = &c.reason {
                     attrs.insert("reason".into(), json!(reason));
+                }
+                if let Some(encrypted) = c.encrypted {
+                    attrs.insert("encrypted".into(), json!(encrypted));
                 }
                 json!({
                     "Address": c.address,

@@ -2,28 +2,38 @@
 //! received bytes, UDP sleeve heartbeats and the time, and drains bytes to
 //! write, events and its next deadline.
 //!
-//! Lifecycle: `Handshaking` (preamble + `Hello` each way) → `Connected`
-//! (TCP up) ⇄ `Established` (sleeve confirmed in both directions) →
-//! `Closed` after any error.
+//! Lifecycle: `Handshaking` (preamble + `Hello` each way, then with a
+//! password the Noise handshake) → `Connected` (TCP up) ⇄ `Established`
+//! (sleeve confirmed in both directions) → `Closed` after any error.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::codec::DecodeError;
+use crate::codec::{DecodeError, Writer};
+use crate::crypto::noise::{NoiseError, NoiseHandshake};
+use crate::crypto::{OpenError, Opener, Sealer};
 use crate::PeerName;
 
 use super::framing::{write_frame, FrameDecoder, FrameError};
 use super::handshake::{write_preamble, HandshakeError, Hello, PreambleReader, VersionRange};
 use super::message::Message;
+use super::secure::{
+    self, open_sealed_frame, write_sealed_frame, Encryption, HandshakeFrame, HandshakeFrameError, Refusal,
+    SealFrameError, SleeveKeys,
+};
 
 /// Who we are, as announced in our `Hello`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LocalPeer {
     pub name: PeerName,
     pub nickname: String,
     pub uid: u64,
     pub udp_port: u16,
+    /// `FEATURE_*` bits; the encryption bits are added from `encryption`.
     pub features: u32,
+    /// The cluster password's key and cipher; `None`: unencrypted.
+    pub encryption: Option<Arc<Encryption>>,
 }
 
 /// Every duration must be non-zero, or deadlines would never move forward.
@@ -110,6 +120,21 @@ pub enum ConnectionError {
     HeartbeatTimeout { silent_for: Duration },
     #[error("input on a closed connection")]
     Closed,
+    /// A password problem; the text is what operators see.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("the peer refused the encrypted handshake")]
+    PeerRefused,
+    #[error("encrypted handshake failed: {0}")]
+    Noise(NoiseError),
+    #[error("malformed handshake frame: {0}")]
+    HandshakeFrame(#[from] HandshakeFrameError),
+    /// A sealed control frame did not verify: the TCP stream was tampered
+    /// with, and nothing after it can be trusted.
+    #[error("sealed control frame rejected: {0}")]
+    ControlAuth(OpenError),
+    #[error(transparent)]
+    Seal(#[from] SealFrameError),
 }
 
 #[derive(Debug)]
@@ -123,14 +148,31 @@ pub struct Connection {
     last_input: Instant,
     preamble: PreambleReader,
     version: Option<u8>,
+    /// The preamble bytes each side sent, and our `Hello` body: with the
+    /// remote's `Hello` they make the Noise prologue.
+    our_preamble: [u8; 2],
+    their_preamble: [u8; 2],
+    our_hello: Vec<u8>,
+    encryption: Option<Arc<Encryption>>,
+    entropy: [u8; 32],
+    /// The remote as its `Hello` announced it, from the moment it arrives
+    /// (so a refused peer can still be named).
+    announced: Option<RemotePeer>,
+    noise: Option<NoiseHandshake>,
+    /// Opens the remote's sealed frames once the Noise handshake is done.
+    opener: Option<Opener>,
+    sleeve_keys: Option<SleeveKeys>,
     decoder: FrameDecoder,
     /// Set when the handshake completes.
     live: Option<Live>,
     /// Bytes ready for the socket.
-    transmit: Vec<u8>,
-    /// Frames sent before the handshake completed, held back so nothing
-    /// leaks to a peer we end up rejecting.
-    held: Vec<u8>,
+    out: Outbox,
+    /// Messages sent before the handshake completed, held back so nothing
+    /// leaks to a peer we end up rejecting (and sealed once keys exist).
+    held: Vec<Message>,
+    /// The latest time we were told, for rekeying when sealing a message
+    /// sent without one.
+    now: Instant,
     events: VecDeque<Event>,
 }
 
@@ -154,10 +196,40 @@ struct Sleeve {
     send_due: bool,
 }
 
+/// Our side of the byte stream: plain frames until the Noise handshake
+/// ends, sealed ones after it.
+#[derive(Debug, Default)]
+struct Outbox {
+    transmit: Vec<u8>,
+    sealer: Option<Sealer>,
+}
+
+impl Outbox {
+    fn queue(&mut self, now: Instant, msg: &Message) -> Result<(), SealFrameError> {
+        match &mut self.sealer {
+            Some(sealer) => write_sealed_frame(&mut self.transmit, sealer, now, |w| msg.encode(w)),
+            None => Ok(write_frame(&mut self.transmit, |w| msg.encode(w))?),
+        }
+    }
+
+    fn queue_handshake(&mut self, frame: &HandshakeFrame<'_>) {
+        // Handshake frames are a few dozen bytes.
+        let _ = write_frame(&mut self.transmit, |w| frame.encode(w));
+    }
+}
+
 impl Connection {
     /// A new connection, with our preamble and `Hello` already queued.
-    /// `conn_id` should be random; `outbound` is whether we dialled.
-    pub fn new(local: LocalPeer, timers: Timers, conn_id: u64, outbound: bool, now: Instant) -> Self {
+    /// `conn_id` should be random; `outbound` is whether we dialled;
+    /// `entropy` (secret, random) makes the Noise ephemeral key.
+    pub fn new(
+        local: LocalPeer,
+        timers: Timers,
+        conn_id: u64,
+        outbound: bool,
+        now: Instant,
+        entropy: [u8; 32],
+    ) -> Self {
         let mut transmit = Vec::new();
         write_preamble(&mut transmit, VersionRange::OURS);
         let hello = Hello {
@@ -166,10 +238,14 @@ impl Connection {
             uid: local.uid,
             conn_id,
             udp_port: local.udp_port,
-            features: local.features,
+            features: local.features | local.encryption.as_ref().map_or(0, |e| e.features()),
         };
+        let mut our_hello = Vec::new();
+        hello.encode(&mut Writer::new(&mut our_hello));
         // A Hello is a few hundred bytes at most, far under the frame cap.
-        let _ = write_frame(&mut transmit, |w| hello.encode(w));
+        let _ = write_frame(&mut transmit, |w| {
+            w.bytes(&our_hello);
+        });
         Connection {
             local_name: local.name,
             timers,
@@ -180,12 +256,47 @@ impl Connection {
             last_input: now,
             preamble: PreambleReader::new(),
             version: None,
+            our_preamble: [VersionRange::OURS.min, VersionRange::OURS.max],
+            their_preamble: [0; 2],
+            our_hello,
+            encryption: local.encryption,
+            entropy,
+            announced: None,
+            noise: None,
+            opener: None,
+            sleeve_keys: None,
             decoder: FrameDecoder::new(),
             live: None,
-            transmit,
+            out: Outbox { transmit, sealer: None },
             held: Vec::new(),
+            now,
             events: VecDeque::new(),
         }
+    }
+
+    /// The remote as its `Hello` announced it, also before (or without)
+    /// the handshake completing: names a peer that was refused.
+    pub fn announced(&self) -> Option<&RemotePeer> {
+        self.announced.as_ref()
+    }
+
+    /// Whether control frames are sealed (the Noise handshake completed).
+    pub fn encrypted(&self) -> bool {
+        self.out.sealer.is_some()
+    }
+
+    /// The sleeve's keys for this connection, once: the data path takes
+    /// them when the handshake completes.
+    pub fn take_sleeve_keys(&mut self) -> Option<SleeveKeys> {
+        self.sleeve_keys.take()
+    }
+
+    /// Key rotations on the control stream so far: (ours, the remote's).
+    pub fn rekeys(&self) -> (u64, u64) {
+        (
+            self.out.sealer.as_ref().map_or(0, Sealer::rekeys),
+            self.opener.as_ref().map_or(0, Opener::rekeys),
+        )
     }
 
     pub fn state(&self) -> State {
@@ -216,30 +327,34 @@ impl Connection {
         if !data.is_empty() {
             self.last_input = now;
         }
+        self.now = self.now.max(now);
         let result = self.process_input(now, data);
         self.close_on_error(result)
     }
 
     /// Queues `msg`. Before the handshake completes it is held back and
     /// sent right after it; on a closed connection it is dropped.
-    pub fn send(&mut self, msg: Message) -> Result<(), FrameError> {
-        let out = match self.state {
-            State::Closed => return Ok(()),
-            State::Handshaking => &mut self.held,
-            State::Connected | State::Established => &mut self.transmit,
-        };
-        write_frame(out, |w| msg.encode(w))
+    pub fn send(&mut self, msg: Message) -> Result<(), SealFrameError> {
+        match self.state {
+            State::Closed => Ok(()),
+            State::Handshaking => {
+                self.held.push(msg);
+                Ok(())
+            }
+            State::Connected | State::Established => self.out.queue(self.now, &msg),
+        }
     }
 
     /// Appends every pending byte to `out`; false if there were none.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
-        if self.transmit.is_empty() {
+        let transmit = &mut self.out.transmit;
+        if transmit.is_empty() {
             return false;
         }
         if out.is_empty() {
-            std::mem::swap(out, &mut self.transmit);
+            std::mem::swap(out, transmit);
         } else {
-            out.append(&mut self.transmit);
+            out.append(transmit);
         }
         true
     }
@@ -251,6 +366,7 @@ impl Connection {
     /// Drives every deadline: handshake timeout, heartbeat sending and
     /// timeout, sleeve timeout. Calling it early or late is harmless.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ConnectionError> {
+        self.now = self.now.max(now);
         let result = self.process_timeout(now);
         self.close_on_error(result)
     }
@@ -282,7 +398,7 @@ impl Connection {
             return;
         };
         if live.sleeve.last_received.replace(now).is_none() {
-            queue_control(&mut self.transmit, &Message::SleeveReady);
+            queue_control(&mut self.out, now, &Message::SleeveReady);
             self.update_established();
         }
     }
@@ -301,13 +417,18 @@ impl Connection {
     /// Shuts the connection down locally, e.g. after losing a tie-break.
     pub fn close(&mut self) {
         self.state = State::Closed;
-        self.transmit.clear();
+        self.out.transmit.clear();
         self.held.clear();
     }
 
     fn close_on_error(&mut self, result: Result<(), ConnectionError>) -> Result<(), ConnectionError> {
-        if result.is_err() {
+        if let Err(err) = &result {
             self.close();
+            // Tell the remote why before hanging up, so both sides report
+            // the same cause rather than one of them "connection closed".
+            if *err == ConnectionError::Refused(Refusal::PasswordDiffers) && self.noise.is_some() {
+                self.out.queue_handshake(&HandshakeFrame::Refuse(Some(Refusal::PasswordDiffers)));
+            }
         }
         result
     }
@@ -321,6 +442,7 @@ impl Connection {
                 };
                 let version = VersionRange::OURS.negotiate(theirs)?;
                 self.version = Some(version);
+                self.their_preamble = [theirs.min, theirs.max];
                 version
             }
         };
@@ -328,19 +450,31 @@ impl Connection {
         loop {
             // Decode into owned values so the decoder's borrow ends before
             // the frame is acted on.
-            let frame = match self.decoder.next_frame()? {
+            let frame = match self.decoder.next_frame_mut()? {
                 None => return Ok(()),
-                Some(body) if self.live.is_none() => Frame::Hello(Hello::decode(body)?),
-                Some(body) => Frame::Message(Message::decode(body)?),
+                Some(body) if self.announced.is_none() => Frame::Hello(Hello::decode(body)?, body.to_vec()),
+                Some(body) if self.live.is_none() => match HandshakeFrame::decode(body)? {
+                    HandshakeFrame::Noise(msg) => Frame::Noise(msg.to_vec()),
+                    HandshakeFrame::Refuse(Some(why)) => return Err(why.into()),
+                    HandshakeFrame::Refuse(None) => return Err(ConnectionError::PeerRefused),
+                },
+                Some(body) => {
+                    let plain = match &mut self.opener {
+                        Some(opener) => open_sealed_frame(opener, body).map_err(ConnectionError::ControlAuth)?,
+                        None => body,
+                    };
+                    Frame::Message(Message::decode(plain)?)
+                }
             };
             match frame {
-                Frame::Hello(hello) => self.complete_handshake(now, hello, version)?,
+                Frame::Hello(hello, raw) => self.on_hello(now, hello, &raw, version)?,
+                Frame::Noise(msg) => self.on_noise(now, &msg)?,
                 Frame::Message(msg) => self.on_message(msg),
             }
         }
     }
 
-    fn complete_handshake(&mut self, now: Instant, hello: Hello, version: u8) -> Result<(), ConnectionError> {
+    fn on_hello(&mut self, now: Instant, hello: Hello, raw: &[u8], version: u8) -> Result<(), ConnectionError> {
         if hello.name == self.local_name {
             return Err(ConnectionError::SelfConnection);
         }
@@ -356,15 +490,75 @@ impl Connection {
             features: hello.features,
             version,
         };
+        self.announced = Some(remote.clone());
+        let Some(enc) = self.encryption.clone() else {
+            secure::negotiate(None, remote.features)?;
+            self.complete_handshake(now, remote);
+            return Ok(());
+        };
+        secure::negotiate(Some(&enc), remote.features)?;
+        let ours = (self.our_preamble.as_slice(), self.our_hello.as_slice());
+        let theirs = (self.their_preamble.as_slice(), raw);
+        let prologue =
+            if self.outbound { secure::prologue(ours, theirs) } else { secure::prologue(theirs, ours) };
+        let mut noise =
+            NoiseHandshake::new(&enc.psk, &prologue, self.outbound, self.entropy).map_err(ConnectionError::Noise)?;
+        // The entropy made the one ephemeral key it is for.
+        self.entropy = [0; 32];
+        if noise.is_my_turn() {
+            let mut msg = Vec::new();
+            noise.write_message(&mut msg).map_err(ConnectionError::Noise)?;
+            self.out.queue_handshake(&HandshakeFrame::Noise(&msg));
+        }
+        self.noise = Some(noise);
+        Ok(())
+    }
+
+    fn on_noise(&mut self, now: Instant, msg: &[u8]) -> Result<(), ConnectionError> {
+        let (Some(noise), Some(enc)) = (self.noise.as_mut(), self.encryption.clone()) else {
+            return Err(ConnectionError::Noise(NoiseError::OutOfTurn));
+        };
+        noise.read_message(msg).map_err(|e| match e {
+            NoiseError::AuthFailed => ConnectionError::Refused(Refusal::PasswordDiffers),
+            other => ConnectionError::Noise(other),
+        })?;
+        if noise.is_my_turn() {
+            let mut reply = Vec::new();
+            noise.write_message(&mut reply).map_err(ConnectionError::Noise)?;
+            self.out.queue_handshake(&HandshakeFrame::Noise(&reply));
+        }
+        if !noise.is_finished() {
+            return Ok(());
+        }
+        let secrets = self.noise.take().map(NoiseHandshake::finish).transpose().map_err(ConnectionError::Noise)?;
+        let Some(secrets) = secrets else { return Ok(()) };
+        self.out.sealer = Some(Sealer::new(enc.cipher, secrets.control_tx, enc.rekey, now));
+        self.opener = Some(Opener::new(enc.cipher, secrets.control_rx));
+        self.sleeve_keys = Some(SleeveKeys {
+            sealer: Sealer::new(enc.cipher, secrets.sleeve_tx, enc.rekey, now),
+            opener: Opener::new(enc.cipher, secrets.sleeve_rx),
+        });
+        if let Some(remote) = self.announced.clone() {
+            self.complete_handshake(now, remote);
+        }
+        Ok(())
+    }
+
+    fn complete_handshake(&mut self, now: Instant, remote: RemotePeer) {
         self.state = State::Connected;
-        self.transmit.append(&mut self.held);
+        for msg in std::mem::take(&mut self.held) {
+            if let Err(err) = self.out.queue(now, &msg) {
+                // Only an oversized message can fail here, and the caller
+                // was told its size was fine when it sent it unsealed.
+                debug_assert!(false, "held message failed to queue: {err}");
+            }
+        }
         self.events.push_back(Event::HandshakeComplete(remote.clone()));
         self.live = Some(Live {
             remote,
             next_heartbeat: now + self.timers.heartbeat_interval,
             sleeve: Sleeve { last_received: None, remote_ready: false, next_send: now, send_due: false },
         });
-        Ok(())
     }
 
     fn on_message(&mut self, msg: Message) {
@@ -401,7 +595,7 @@ impl Connection {
         }
 
         if now >= live.next_heartbeat {
-            queue_control(&mut self.transmit, &Message::Heartbeat);
+            queue_control(&mut self.out, now, &Message::Heartbeat);
             live.next_heartbeat = now + self.timers.heartbeat_interval;
         }
 
@@ -410,7 +604,7 @@ impl Connection {
         let lost = sleeve.last_received.is_some_and(|last| now >= last + self.timers.sleeve_timeout);
         if lost {
             sleeve.last_received = None;
-            queue_control(&mut self.transmit, &Message::SleeveLost);
+            queue_control(&mut self.out, now, &Message::SleeveLost);
             self.update_established();
         }
         Ok(())
@@ -447,12 +641,13 @@ impl Sleeve {
 
 /// Queues one of our own control messages: only ever sent after the
 /// handshake, and tiny, so neither holding back nor the size cap apply.
-fn queue_control(transmit: &mut Vec<u8>, msg: &Message) {
-    let _ = write_frame(transmit, |w| msg.encode(w));
+fn queue_control(out: &mut Outbox, now: Instant, msg: &Message) {
+    let _ = out.queue(now, msg);
 }
 
 enum Frame {
-    Hello(Hello),
+    Hello(Hello, Vec<u8>),
+    Noise(Vec<u8>),
     Message(Message),
 }
 
@@ -471,13 +666,14 @@ mod tests {
             uid: 1000 + u64::from(last),
             udp_port: 6784,
             features: FEATURE_FASTDP,
+            encryption: None,
         }
     }
 
     /// Everything `local` sends first: its preamble and Hello.
     fn opening(local: LocalPeer, conn_id: u64, now: Instant) -> Vec<u8> {
         let mut out = Vec::new();
-        Connection::new(local, Timers::default(), conn_id, true, now).poll_transmit(&mut out);
+        Connection::new(local, Timers::default(), conn_id, true, now, [9; 32]).poll_transmit(&mut out);
         out
     }
 
@@ -532,7 +728,7 @@ mod tests {
         fn new(a: LocalPeer, b: LocalPeer) -> Self {
             let now = Instant::now();
             let side = |local, conn_id, outbound| Side {
-                conn: Connection::new(local, Timers::default(), conn_id, outbound, now),
+                conn: Connection::new(local, Timers::default(), conn_id, outbound, now, [9; 32]),
                 events: Vec::new(),
                 error: None,
             };
@@ -776,7 +972,7 @@ mod tests {
     fn first_sleeve_heartbeat_is_due_at_handshake_completion() {
         let now = Instant::now();
         let interval = Timers::default().sleeve_heartbeat_interval;
-        let mut conn = Connection::new(peer(1), Timers::default(), 1, true, now);
+        let mut conn = Connection::new(peer(1), Timers::default(), 1, true, now, [9; 32]);
         assert!(!conn.poll_sleeve_heartbeat(now), "nothing before the handshake");
         conn.handle_input(now, &opening(peer(2), 77, now)).expect("valid");
         assert!(conn.poll_sleeve_heartbeat(now));
@@ -789,7 +985,7 @@ mod tests {
     #[test]
     fn a_closed_connection_stays_silent() {
         let now = Instant::now();
-        let mut conn = Connection::new(peer(1), Timers::default(), 1, true, now);
+        let mut conn = Connection::new(peer(1), Timers::default(), 1, true, now, [9; 32]);
         conn.handle_input(now, &opening(peer(2), 77, now)).expect("valid");
         conn.close();
         conn.handle_sleeve_heartbeat(now);
@@ -805,7 +1001,7 @@ mod tests {
     #[test]
     fn version_mismatch_is_rejected() {
         let now = Instant::now();
-        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now);
+        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now, [9; 32]);
         let mut input = MAGIC.to_vec();
         input.extend_from_slice(&[PROTOCOL_MAX_VERSION + 1, PROTOCOL_MAX_VERSION + 3]);
         assert_eq!(
@@ -822,7 +1018,7 @@ mod tests {
     #[test]
     fn bad_magic_is_rejected_on_the_first_byte() {
         let now = Instant::now();
-        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now);
+        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now, [9; 32]);
         assert_eq!(
             conn.handle_input(now, b"G"),
             Err(ConnectionError::Handshake(HandshakeError::BadMagic { received: b"G".to_vec() }))
@@ -845,7 +1041,7 @@ mod tests {
     #[test]
     fn broadcast_name_is_rejected() {
         let now = Instant::now();
-        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now);
+        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now, [9; 32]);
         let impostor = LocalPeer { name: PeerName::BROADCAST, ..peer(2) };
         assert_eq!(
             conn.handle_input(now, &opening(impostor, 77, now)),
@@ -857,7 +1053,7 @@ mod tests {
     fn malformed_and_oversized_frames_close_the_connection() {
         let now = Instant::now();
         let established = || {
-            let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now);
+            let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now, [9; 32]);
             conn.handle_input(now, &opening(peer(2), 77, now)).expect("valid");
             conn
         };
@@ -877,12 +1073,12 @@ mod tests {
     #[test]
     fn oversized_send_is_refused_and_nothing_queued() {
         let now = Instant::now();
-        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now);
+        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now, [9; 32]);
         conn.handle_input(now, &opening(peer(2), 77, now)).expect("valid");
         let mut out = Vec::new();
         conn.poll_transmit(&mut out);
         let huge = Message::Gossip(vec![0; MAX_MESSAGE_LEN]);
-        assert!(matches!(conn.send(huge), Err(FrameError::Oversized { .. })));
+        assert!(matches!(conn.send(huge), Err(SealFrameError::Frame(FrameError::Oversized { .. }))));
         assert!(!conn.poll_transmit(&mut out));
     }
 
@@ -895,7 +1091,7 @@ mod tests {
 
     /// Feeds `stream` to a fresh connection in pieces cut at `cuts`.
     fn feed(stream: &[u8], cuts: &[usize], now: Instant) -> (Vec<Event>, Result<(), ConnectionError>) {
-        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now);
+        let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now, [9; 32]);
         let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
         cuts.push(stream.len());
         cuts.sort_unstable();
@@ -930,7 +1126,7 @@ mod tests {
             chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..48), 0..6),
         ) {
             let now = Instant::now();
-            let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now);
+            let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now, [9; 32]);
             for chunk in &chunks {
                 if conn.handle_input(now, chunk).is_err() {
                     prop_assert_eq!(conn.state(), State::Closed);
@@ -945,7 +1141,7 @@ mod tests {
             tick in 0u64..20_000,
         ) {
             let now = Instant::now();
-            let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now);
+            let mut conn = Connection::new(peer(1), Timers::default(), 1, false, now, [9; 32]);
             conn.handle_input(now, &opening(peer(2), 77, now)).expect("valid");
             let mut t = now;
             for chunk in &chunks {
@@ -958,6 +1154,187 @@ mod tests {
                 }
                 let _ = events(&mut conn);
             }
+        }
+    }
+
+    /// The encrypted handshake, on the same simulated pair.
+    mod encrypted {
+        use super::*;
+        use crate::control::{Encryption, Refusal, FEATURE_ENCRYPTION};
+        use crate::crypto::{Cipher, Psk, RekeyPolicy};
+
+        fn with_password(last: u8, password: u8, cipher: Cipher) -> LocalPeer {
+            let encryption = Encryption { psk: Psk::from_bytes([password; 32]), cipher, rekey: RekeyPolicy::default() };
+            LocalPeer { encryption: Some(Arc::new(encryption)), ..peer(last) }
+        }
+
+        fn errors(pair: &Pair) -> (Option<ConnectionError>, Option<ConnectionError>) {
+            (pair.a.error.clone().map(|e| e.1), pair.b.error.clone().map(|e| e.1))
+        }
+
+        fn never_completed(side: &Side) -> bool {
+            !side.events.iter().any(|e| matches!(e, Event::HandshakeComplete(_)))
+        }
+
+        #[test]
+        fn same_password_completes_and_seals_everything_after_hello() {
+            let chacha = Cipher::ChaCha20Poly1305;
+            let mut pair = Pair::new(with_password(1, 7, chacha), with_password(2, 7, chacha));
+            pair.chunk = 5;
+            pair.drive();
+            assert_eq!(errors(&pair), (None, None));
+            assert_eq!(pair.a.conn.state(), State::Connected);
+            assert_eq!(pair.b.conn.state(), State::Connected);
+            assert!(pair.a.conn.encrypted() && pair.b.conn.encrypted());
+            assert!(pair.a.conn.remote().is_some_and(|r| r.supports(FEATURE_ENCRYPTION)));
+
+            let secret = b"a very recognisable gossip payload".to_vec();
+            pair.a.conn.send(Message::Gossip(secret.clone())).expect("send");
+            let mut wire = Vec::new();
+            pair.a.conn.poll_transmit(&mut wire);
+            assert!(!wire.windows(16).any(|w| secret.windows(16).any(|p| p == w)), "plaintext on the wire");
+            deliver(pair.now, 7, &wire, &mut pair.b);
+            pair.b.events.extend(events(&mut pair.b.conn));
+            assert!(pair.b.events.contains(&Event::Message(Message::Gossip(secret))));
+
+            // Each side's sleeve sealer matches the other's opener.
+            let (mut ka, mut kb) = (pair.a.conn.take_sleeve_keys().expect("a"), pair.b.conn.take_sleeve_keys().expect("b"));
+            assert!(pair.a.conn.take_sleeve_keys().is_none(), "handed out once");
+            let nonce = ka.sealer.next_nonce(pair.now).expect("nonce");
+            let mut msg = b"frame".to_vec();
+            let tag = ka.sealer.seal_in_place(nonce, b"hdr", &mut msg);
+            msg.extend_from_slice(&tag);
+            assert_eq!(kb.opener.open_in_place(nonce, b"hdr", &mut msg), Ok(5));
+        }
+
+        #[test]
+        fn wrong_password_is_refused_on_both_sides() {
+            let chacha = Cipher::ChaCha20Poly1305;
+            let mut pair = Pair::new(with_password(1, 7, chacha), with_password(2, 8, chacha));
+            pair.drive();
+            let differs = Some(ConnectionError::Refused(Refusal::PasswordDiffers));
+            assert_eq!(errors(&pair), (differs.clone(), differs));
+            assert!(never_completed(&pair.a) && never_completed(&pair.b));
+            assert_eq!(pair.a.conn.state(), State::Closed);
+            // The refused peer was still named by its Hello.
+            assert_eq!(pair.b.conn.announced().map(|r| r.name), Some(peer(1).name));
+        }
+
+        #[test]
+        fn password_on_one_side_only_is_a_mismatch_both_ways() {
+            let mut pair = Pair::new(with_password(1, 7, Cipher::ChaCha20Poly1305), peer(2));
+            pair.drive();
+            assert_eq!(
+                errors(&pair),
+                (
+                    Some(ConnectionError::Refused(Refusal::PeerHasNoPassword)),
+                    Some(ConnectionError::Refused(Refusal::PeerRequiresPassword))
+                )
+            );
+            assert!(never_completed(&pair.a) && never_completed(&pair.b));
+            assert_eq!(
+                ConnectionError::Refused(Refusal::PeerHasNoPassword).to_string(),
+                "encryption mismatch: peer has no password"
+            );
+        }
+
+        #[test]
+        fn different_ciphers_are_refused() {
+            let mut pair =
+                Pair::new(with_password(1, 7, Cipher::ChaCha20Poly1305), with_password(2, 7, Cipher::Aes256Gcm));
+            pair.drive();
+            assert!(matches!(errors(&pair).0, Some(ConnectionError::Refused(Refusal::CipherMismatch { .. }))));
+            assert!(never_completed(&pair.a) && never_completed(&pair.b));
+        }
+
+        /// Runs the plaintext opening by hand: returns the responder after
+        /// it has read the initiator's preamble and Hello, and the
+        /// initiator with the responder's opening delivered.
+        fn opened(password_a: u8, password_b: u8) -> (Connection, Connection, Instant) {
+            let now = Instant::now();
+            let chacha = Cipher::ChaCha20Poly1305;
+            let mut a = Connection::new(with_password(1, password_a, chacha), Timers::default(), 1, true, now, [3; 32]);
+            let mut b = Connection::new(with_password(2, password_b, chacha), Timers::default(), 2, false, now, [4; 32]);
+            let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+            a.poll_transmit(&mut from_a);
+            b.poll_transmit(&mut from_b);
+            b.handle_input(now, &from_a).expect("hello");
+            a.handle_input(now, &from_b).expect("hello");
+            (a, b, now)
+        }
+
+        fn noise_frame(msg: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            write_frame(&mut out, |w| HandshakeFrame::Noise(msg).encode(w)).expect("small");
+            out
+        }
+
+        #[test]
+        fn truncated_noise_message_is_malformed_not_a_wrong_password() {
+            let (mut a, mut b, now) = opened(7, 7);
+            let mut m1 = Vec::new();
+            a.poll_transmit(&mut m1);
+            // Frame: 4-byte length, tag, 48-byte message; cut the message.
+            let body = &m1[5..m1.len() - 8];
+            let err = b.handle_input(now, &noise_frame(body)).expect_err("truncated");
+            assert!(matches!(err, ConnectionError::Noise(NoiseError::BadLength { len: 40 })), "{err}");
+        }
+
+        #[test]
+        fn reordered_and_replayed_handshake_messages_fail() {
+            // A message frame before the Noise message: not a handshake frame.
+            let (_, mut b, now) = opened(7, 7);
+            let mut early = Vec::new();
+            write_frame(&mut early, |w| Message::Gossip(vec![1, 2, 3]).encode(w)).expect("small");
+            assert!(b.handle_input(now, &early).is_err());
+
+            // The initiator's first message again after the handshake: it is
+            // not a valid sealed frame.
+            let (mut a, mut b, now) = opened(7, 7);
+            let mut m1 = Vec::new();
+            a.poll_transmit(&mut m1);
+            b.handle_input(now, &m1).expect("first message");
+            assert_eq!(b.state(), State::Connected);
+            assert!(matches!(b.handle_input(now, &m1), Err(ConnectionError::ControlAuth(_))));
+
+            // The initiator's own message reflected back to it.
+            let (mut a, _, now) = opened(7, 7);
+            let mut m1 = Vec::new();
+            a.poll_transmit(&mut m1);
+            assert!(a.handle_input(now, &m1).is_err(), "initiator reading its own message");
+        }
+
+        #[test]
+        fn tampered_hello_fails_the_handshake() {
+            let now = Instant::now();
+            let chacha = Cipher::ChaCha20Poly1305;
+            let mut a = Connection::new(with_password(1, 7, chacha), Timers::default(), 1, true, now, [3; 32]);
+            let mut b = Connection::new(with_password(2, 7, chacha), Timers::default(), 2, false, now, [4; 32]);
+            let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+            a.poll_transmit(&mut from_a);
+            b.poll_transmit(&mut from_b);
+            // Flip a bit of the responder's nickname in transit ("host-2" → "host-3").
+            let pos = from_b.windows(6).position(|w| w == b"host-2").expect("nickname") + 5;
+            from_b[pos] ^= 1;
+            b.handle_input(now, &from_a).expect("hello");
+            a.handle_input(now, &from_b).expect("hello (altered but well-formed)");
+            let mut m1 = Vec::new();
+            a.poll_transmit(&mut m1);
+            assert_eq!(b.handle_input(now, &m1), Err(ConnectionError::Refused(Refusal::PasswordDiffers)));
+            // b says why before hanging up; a reports the same cause.
+            let mut farewell = Vec::new();
+            b.poll_transmit(&mut farewell);
+            assert_eq!(a.handle_input(now, &farewell), Err(ConnectionError::Refused(Refusal::PasswordDiffers)));
+        }
+
+        #[test]
+        fn held_messages_are_sealed_after_the_handshake() {
+            let chacha = Cipher::ChaCha20Poly1305;
+            let mut pair = Pair::new(with_password(1, 7, chacha), with_password(2, 7, chacha));
+            let early = Message::Gossip(b"sent before the handshake finished".to_vec());
+            pair.a.conn.send(early.clone()).expect("held");
+            pair.drive();
+            assert!(pair.b.events.contains(&Event::Message(early)));
         }
     }
 }

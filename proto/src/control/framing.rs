@@ -65,17 +65,29 @@ impl FrameDecoder {
     /// An oversized length fails as soon as its prefix is seen, without
     /// waiting for (or buffering) the body.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        Ok(self.next_frame_mut()?.map(|body| &*body))
+    }
+
+    /// Like `next_frame`, but the body may be changed in place (sealed
+    /// frames are decrypted where they lie).
+    pub fn next_frame_mut(&mut self) -> Result<Option<&mut [u8]>, FrameError> {
+        let Some(len) = self.next_len()? else {
+            return Ok(None);
+        };
+        let start = self.consumed + LEN_PREFIX;
+        self.consumed = start + len;
+        Ok(self.buf.get_mut(start..start + len))
+    }
+
+    /// The length of the next frame's body once all of it is buffered.
+    fn next_len(&self) -> Result<Option<usize>, FrameError> {
         let pending = self.buf.get(self.consumed..).unwrap_or_default();
         let Some((prefix, rest)) = pending.split_first_chunk::<LEN_PREFIX>() else {
             return Ok(None);
         };
         let len = u32::from_be_bytes(*prefix) as usize;
         check_len(len)?;
-        let Some(body) = rest.get(..len) else {
-            return Ok(None);
-        };
-        self.consumed += LEN_PREFIX + len;
-        Ok(Some(body))
+        Ok((rest.len() >= len).then_some(len))
     }
 
     /// Bytes received but not yet returned as frames.

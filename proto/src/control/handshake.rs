@@ -22,8 +22,12 @@ pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 
 /// Feature bits advertised in `Hello::features`.
 pub const FEATURE_FASTDP: u32 = 1;
-/// Reserved: not negotiated or implemented yet.
+/// The sender has a password: it runs the Noise handshake and seals
+/// everything after it (see `secure`).
 pub const FEATURE_ENCRYPTION: u32 = 2;
+/// With `FEATURE_ENCRYPTION`: the sender's cluster cipher is AES-256-GCM
+/// (absent: ChaCha20-Poly1305).
+pub const FEATURE_AES256GCM: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {

@@ -38,6 +38,8 @@ pub enum SleeveReason {
     NoKernelSupport,
     /// The operator turned the fast path off.
     Disabled,
+    /// The connection is encrypted and the kernel path can't be.
+    Encrypted,
     /// The remote peer did not offer the fast path.
     PeerUnsupported,
     /// The fast path worked once but its heartbeats stopped arriving.
@@ -55,6 +57,7 @@ impl fmt::Display for SleeveReason {
         f.write_str(match self {
             SleeveReason::NoKernelSupport => "no kernel support",
             SleeveReason::Disabled => "disabled",
+            SleeveReason::Encrypted => "encrypted: no encrypted kernel path",
             SleeveReason::PeerUnsupported => "peer unsupported",
             SleeveReason::HeartbeatTimeout => "heartbeat timeout",
             SleeveReason::Relay => "relayed",

@@ -24,19 +24,31 @@ pub struct Full {
 #[derive(Debug)]
 pub struct DatagramBuilder<'b> {
     buf: &'b mut [u8],
+    /// Where the datagram starts in `buf`, and how long it may grow.
+    start: usize,
+    limit: usize,
     len: usize,
     frames: usize,
 }
 
 impl<'b> DatagramBuilder<'b> {
     pub fn new(buf: &'b mut [u8], sender: PeerName) -> Result<Self, SleeveError> {
+        Self::with_margins(buf, sender, 0, 0)
+    }
+
+    /// Like `new`, but keeps `front` bytes before the datagram and `back`
+    /// bytes after its largest extent free: room for a sealed datagram's
+    /// header and tag, so sealing needs no copy.
+    pub fn with_margins(buf: &'b mut [u8], sender: PeerName, front: usize, back: usize) -> Result<Self, SleeveError> {
         let len = buf.len();
-        *buf.first_chunk_mut::<HEADER_LEN>().ok_or(SleeveError::BufferTooSmall {
-            what: "datagram",
-            len,
-            needed: HEADER_LEN,
-        })? = header(KIND_FRAMES, sender);
-        Ok(DatagramBuilder { buf, len: HEADER_LEN, frames: 0 })
+        let needed = front + HEADER_LEN + back;
+        let too_small = SleeveError::BufferTooSmall { what: "datagram", len, needed };
+        if len < needed {
+            return Err(too_small);
+        }
+        *buf.get_mut(front..).and_then(|b| b.first_chunk_mut::<HEADER_LEN>()).ok_or(too_small)? =
+            header(KIND_FRAMES, sender);
+        Ok(DatagramBuilder { buf, start: front, limit: len - front - back, len: HEADER_LEN, frames: 0 })
     }
 
     /// Drops every frame, keeping the header, to start the next datagram
@@ -50,7 +62,10 @@ impl<'b> DatagramBuilder<'b> {
         let full = Full { frame_len: frame.len(), room: self.room() };
         let len16 = u16::try_from(frame.len()).map_err(|_| full)?;
         let end = self.len + FRAME_HEADER_LEN + frame.len();
-        let record = self.buf.get_mut(self.len..end).ok_or(full)?;
+        if end > self.limit {
+            return Err(full);
+        }
+        let record = self.buf.get_mut(self.start + self.len..self.start + end).ok_or(full)?;
         let (header, body) = record.split_at_mut(FRAME_HEADER_LEN);
         let (names, len_field) = header.split_at_mut(2 * PeerName::LEN);
         let (o, d) = names.split_at_mut(PeerName::LEN);
@@ -66,7 +81,7 @@ impl<'b> DatagramBuilder<'b> {
     /// The longest frame [`push_frame`](Self::push_frame) would accept now
     /// (0 also when not even an empty frame's record header fits).
     pub fn room(&self) -> usize {
-        (self.buf.len() - self.len).saturating_sub(FRAME_HEADER_LEN).min(MAX_RECORD_FRAME_LEN)
+        (self.limit - self.len).saturating_sub(FRAME_HEADER_LEN).min(MAX_RECORD_FRAME_LEN)
     }
 
     pub fn frame_count(&self) -> usize {
@@ -86,12 +101,19 @@ impl<'b> DatagramBuilder<'b> {
 
     /// The datagram as it stands, ready to send.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[self.start..self.start + self.len]
     }
 
-    /// Releases the buffer; its first `n` bytes are the datagram.
+    /// Releases the buffer; the datagram is its first `n` bytes after the
+    /// front margin.
     pub fn finish(self) -> usize {
         self.len
+    }
+
+    /// Releases the whole buffer, margins included, and the datagram's
+    /// length (it starts at the front margin).
+    pub fn into_parts(self) -> (&'b mut [u8], usize) {
+        (self.buf, self.len)
     }
 }
 
@@ -249,5 +271,20 @@ mod tests {
             write_heartbeat(&mut [0u8; 20], me, 1, 21),
             Err(SleeveError::BufferTooSmall { what: "heartbeat", len: 20, needed: 21 })
         );
+    }
+
+    #[test]
+    fn margins_stay_free_and_bound_the_datagram() {
+        let mut buf = [0xAAu8; 64];
+        let mut b = DatagramBuilder::with_margins(&mut buf, PeerName::from_bytes([2, 0, 0, 0, 0, 1]), 17, 16).unwrap();
+        assert_eq!(b.room(), 64 - 17 - 16 - HEADER_LEN - FRAME_HEADER_LEN);
+        assert!(b.push_frame(PeerName::BROADCAST, PeerName::BROADCAST, &[7; 10]).is_err());
+        b.push_frame(PeerName::BROADCAST, PeerName::BROADCAST, &[7; 9]).unwrap();
+        assert_eq!(b.as_bytes().len(), HEADER_LEN + FRAME_HEADER_LEN + 9);
+        let (whole, len) = b.into_parts();
+        assert!(whole[..17].iter().all(|&x| x == 0xAA));
+        assert!(whole[17 + len..].iter().all(|&x| x == 0xAA));
+        assert!(matches!(parse(&whole[17..17 + len]), Ok(Datagram::Frames { .. })));
+        assert!(DatagramBuilder::with_margins(&mut [0u8; 40], PeerName::BROADCAST, 17, 16).is_err());
     }
 }

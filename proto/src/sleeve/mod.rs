@@ -35,9 +35,14 @@
 
 mod builder;
 mod datagram;
+mod sealed;
 
 pub use builder::{write_heartbeat, DatagramBuilder, Full};
 pub use datagram::{parse, Datagram, FrameIter, SleeveFrame};
+pub use sealed::{
+    open, seal, sealed_header, sealed_max_frame_len, sealed_overlay_mtu, SealError, SealedHeader, UnsealError,
+    KIND_SEALED, SEALED_HEADER_LEN, SEAL_OVERHEAD,
+};
 
 use crate::codec::DecodeError;
 use crate::PeerName;
