@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -395,4 +395,120 @@ fn commands_get_stdin_and_time_bounds() {
     let name = ns.name().to_owned();
     drop(ns);
     assert!(!netns_exists(&name));
+}
+
+// ----- capture and known plaintext ---------------------------------------
+
+#[test]
+fn pattern_index_finds_stretches_of_16_bytes_or_more() {
+    let pattern = payload(7, 100_000);
+    let noise = payload(8, 4_000);
+    for (off, len) in [(0usize, 16usize), (3, 16), (12_345, 17), (99_984, 16), (50_001, 1400), (7, 15)] {
+        for at in [0usize, 1, 5, 999] {
+            let mut data = noise.clone();
+            data[at..at + len].copy_from_slice(&pattern[off..off + len]);
+            let found = PatternIndex::new(&pattern).find(&data);
+            if len >= MIN_MATCH {
+                let (d, p, l) = found.unwrap_or_else(|| panic!("{len} bytes of pattern@{off} at {at} not found"));
+                assert!(l >= len && d <= at && p <= off, "{d} {p} {l}");
+                assert_eq!(data[d..d + l], pattern[p..p + l]);
+            } else {
+                assert_eq!(found, None, "a {len}-byte stretch is below MIN_MATCH");
+            }
+        }
+    }
+    assert!(!contains_pattern([noise.as_slice(), &payload(9, 70_000)[..]], &pattern));
+    let hit = [&noise[..], &pattern[500..600]];
+    let m = PatternIndex::new(&pattern).find_in(hit).unwrap();
+    assert_eq!((m.payload, m.offset, m.pattern_offset, m.len), (1, 0, 500, 100));
+    // A repetitive pattern works too.
+    let ascii = b"weft-plaintext! ".repeat(1000);
+    assert!(contains_pattern([&b"xx weft-plaintext! weft-pl yy"[..]], &ascii));
+    assert!(!contains_pattern([&b"xx weft-plaintext yy"[..]], &ascii));
+}
+
+#[test]
+fn parse_frame_extracts_udp_and_tcp_payloads() {
+    fn frame(proto: u8, l4: &[u8], vlan: bool) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        if vlan {
+            f.extend([0x81, 0x00, 0x00, 0x05]);
+        }
+        f.extend([0x08, 0x00]);
+        let total = (20 + l4.len()) as u16;
+        f.extend([0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, proto, 0, 0]);
+        f.extend([172, 31, 0, 1, 172, 31, 0, 2]);
+        f.extend(l4);
+        f.extend([0u8; 6]); // Ethernet padding, beyond the IP total length
+        f
+    }
+    let udp = [&[0x1a, 0x7f, 0x1a, 0x7f, 0, 13, 0, 0][..], b"hello"].concat();
+    let p = parse_frame(&frame(17, &udp, false)).unwrap();
+    assert_eq!(p.proto, Proto::Udp);
+    assert_eq!(p.src, "172.31.0.1:6783".parse().unwrap());
+    assert_eq!(p.dst, "172.31.0.2:6783".parse().unwrap());
+    assert_eq!(p.payload, b"hello");
+    assert!(p.is_udp_port(6783) && !p.is_tcp_port(6783));
+    assert!(p.between(Ipv4Addr::new(172, 31, 0, 2), Ipv4Addr::new(172, 31, 0, 1)));
+    let mut tcp = vec![0xc0, 0x00, 0x1a, 0x7f, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x18, 0, 0, 0, 0, 0, 0];
+    tcp.extend([1, 1, 1, 1]); // 4 bytes of options: data offset 6 words
+    tcp.extend(b"data");
+    let p = parse_frame(&frame(6, &tcp, true)).unwrap();
+    assert_eq!((p.proto, p.src.port(), p.dst.port()), (Proto::Tcp, 0xc000, 6783));
+    assert_eq!(p.payload, b"data");
+    assert_eq!(parse_frame(&frame(1, &udp, false)), None, "ICMP");
+    assert_eq!(parse_frame(&frame(17, &udp[..5], false)), None, "truncated UDP header");
+    assert_eq!(parse_frame(&[0u8; 10]), None);
+    let mut fragment = frame(17, &udp, false);
+    fragment[14 + 6] = 0x00;
+    fragment[14 + 7] = 0x10;
+    assert_eq!(parse_frame(&fragment), None, "non-first fragment");
+}
+
+/// The positive control for "no plaintext on the wire": a known payload
+/// sent in the clear between two nodes is seen, both on a node's veth and
+/// on the wire bridge, and found by the pattern search.
+#[test]
+fn capture_sees_known_udp_and_tcp_payloads() {
+    let c = Cluster::new(2).unwrap();
+    let limits = CaptureLimits::default();
+    let on_wire = Capture::start(c.wire(), WIRE_BRIDGE, limits).unwrap();
+    let on_node = Capture::start(c.node_ns(1), "eth0", limits).unwrap();
+    let to = SocketAddrV4::new(c.node_ip(1), 6783);
+    let secret = payload(77, 1200);
+    send_udp_from(c.node_ns(0), to, &secret).unwrap();
+
+    let tcp_secret = payload(78, 300_000);
+    let rx_ip = c.node_ip(1);
+    let listener = c.node_ns(1).enter(|| TcpListener::bind((rx_ip, 0)).unwrap()).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    c.node_ns(0)
+        .enter(|| {
+            let mut s = std::net::TcpStream::connect((rx_ip, port)).unwrap();
+            s.write_all(&tcp_secret).unwrap();
+        })
+        .unwrap();
+    assert_eq!(reader.join().unwrap(), tcp_secret);
+    std::thread::sleep(Duration::from_millis(200));
+
+    for (what, cap) in [("wire bridge", on_wire), ("node1 eth0", on_node)] {
+        let out = cap.finish().unwrap();
+        let udp: Vec<&Captured> = out.packets.iter().filter(|p| p.proto == Proto::Udp && p.dst == to).collect();
+        assert_eq!(udp.len(), 1, "{what}: {}", out.summary());
+        assert_eq!(*udp[0].src.ip(), c.node_ip(0), "{what}: sent from node0's underlay address");
+        assert_eq!(udp[0].payload, secret, "{what}");
+        assert!(contains_pattern(udp.iter().map(|p| p.payload.as_slice()), &secret), "{what}");
+        let tcp_bytes: usize = out.packets.iter().filter(|p| p.is_tcp_port(port)).map(|p| p.payload.len()).sum();
+        assert!(tcp_bytes >= tcp_secret.len(), "{what}: {tcp_bytes} TCP payload bytes: {}", out.summary());
+        let tcp = out.packets.iter().filter(|p| p.is_tcp_port(port)).map(|p| p.payload.as_slice());
+        assert!(contains_pattern(tcp, &tcp_secret), "{what}");
+        assert!(!contains_pattern(out.packets.iter().map(|p| p.payload.as_slice()), &payload(79, 5000)), "{what}");
+        assert_eq!(out.limit_hit, None, "{what}");
+    }
 }

@@ -12,6 +12,9 @@
 //!   reachability, byte-exact TCP transfers.
 //! * [`in_netns`] runs Rust code (sockets) inside a namespace on a scoped thread.
 //! * [`wait_until`] / [`wait_for`]: every wait is bounded in time and count.
+//! * [`Capture`]: the underlay as an eavesdropper sees it (`AF_PACKET`,
+//!   parsed to UDP/TCP payloads); [`PatternIndex`] looks for known
+//!   plaintext in it; [`send_udp_from`] replays or forges datagrams.
 //! * [`CniRuntime`] runs CNI plugins exactly as a container runtime does
 //!   (environment, stdin, conflist chaining) inside a node's namespace;
 //!   [`CniPod`]s are namespaces it set up, checked against the router's IPAM
@@ -25,6 +28,7 @@
 //! Tests should therefore panic (e.g. `.unwrap()` a scenario's `Result`)
 //! while the cluster is still alive.
 
+pub mod capture;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;
@@ -46,6 +50,10 @@ pub mod transfer;
 pub mod underlay_block;
 pub mod wait;
 
+pub use capture::{
+    contains_pattern, parse_frame, send_udp_all_from, send_udp_from, Capture, CaptureLimits, CaptureOutput, Captured,
+    PatternIndex, PatternMatch, Proto, MIN_MATCH,
+};
 pub use cluster::{node_ip, pod_ip, Cluster, ClusterBuilder, Node, BRIDGE, POD_PREFIX_LEN, WIRE_BRIDGE};
 pub use cmd::{run_bounded, run_bounded_input, run_ok, spawn_guarded, ManagedChild};
 pub use cni::{
@@ -66,6 +74,6 @@ pub use podman::PodmanNode;
 pub use preflight::require_env;
 pub use report::{ConnectionInfo, Report};
 pub use router::{target_bin, weft_bin, DEFAULT_HTTP_ADDR, DEFAULT_PORT};
-pub use transfer::{payload, payload_fill, tcp_transfer, TransferStats};
+pub use transfer::{payload, payload_fill, tcp_transfer, transfer_seed, TransferStats};
 pub use underlay_block::{BlockId, Traffic};
 pub use wait::{stop_waiting, wait_for, wait_until, StopWaiting};

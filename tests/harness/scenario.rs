@@ -5,14 +5,19 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterBuilder};
 use crate::endpoint::{Endpoint, Pod};
 
 /// Runs `scenario` on a fresh `n`-node cluster. On `Err` it prints every
 /// node's `weft status connections`, then panics while the cluster is still
 /// alive, so that the cluster's drop adds every node's log tail.
 pub fn with_cluster(n: usize, scenario: impl FnOnce(&Cluster) -> Result<()>) {
-    let cluster = match Cluster::new(n) {
+    with_built_cluster(Cluster::builder().nodes(n), scenario)
+}
+
+/// [`with_cluster`] on a cluster with options (e.g. router environment).
+pub fn with_built_cluster(builder: ClusterBuilder, scenario: impl FnOnce(&Cluster) -> Result<()>) {
+    let cluster = match builder.build() {
         Ok(c) => c,
         Err(e) => panic!("building the namespace cluster: {e:#}"),
     };

@@ -51,6 +51,12 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// Seed of the bytes [`tcp_transfer`] sends when asked for `bytes` bytes,
+/// so a test can tell them apart from anything else (e.g. on the wire).
+pub fn transfer_seed(bytes: u64) -> u64 {
+    bytes ^ 0x5EED_F00D_FEED
+}
+
 /// Result of a verified transfer.
 #[derive(Debug, Clone, Copy)]
 pub struct TransferStats {
@@ -70,7 +76,7 @@ impl TransferStats {
 /// receiver. Everything is bounded by `timeout`.
 pub fn tcp_transfer(from: &Netns, to: &Netns, to_ip: IpAddr, bytes: u64, timeout: Duration) -> Result<TransferStats> {
     let deadline = Instant::now() + timeout;
-    let seed = bytes ^ 0x5EED_F00D_FEED;
+    let seed = transfer_seed(bytes);
     let sender_failed = AtomicBool::new(false);
     let (port_tx, port_rx) = mpsc::channel::<u16>();
     let (to_ns, from_ns) = (to.name(), from.name());
