@@ -293,6 +293,48 @@ fn encrypted_cluster_pings_and_transfers() {
     });
 }
 
+/// Relayed traffic is opened and re-sealed hop by hop: with the underlay
+/// between nodes 0 and 2 blocked, their pods still talk through node 1,
+/// which counts the frames in from one peer and out to the other under
+/// their own keys, and nobody sees an authentication failure.
+#[test]
+fn relayed_frames_are_re_encrypted_per_hop() {
+    with_built_cluster(Cluster::builder().nodes(3).router_env("WEFT_PASSWORD", PASSWORD), |c| {
+        c.block_underlay(0, 2)?;
+        start_routers(c, &[&[1], &[], &[1]], &[])?;
+        wait_until(CONVERGE, Duration::from_millis(200), || {
+            for i in 0..3 {
+                ensure!(c.report(i)?.peers()?.len() == 3, "node{i} does not know 3 peers yet");
+            }
+            let relay = c.node_ip(1).to_string();
+            Ok(c.report(0)?.has_established_to(&relay)? && c.report(2)?.has_established_to(&relay)?)
+        })
+        .context("0-1 and 2-1 never established")?;
+        let p = pods(c, &[0, 2])?;
+        ping_both_ways(&p[0], &p[1], PINGS, REACH)?;
+        transfer(&p[0], &p[1], MEDIUM)?;
+        // Each hop's sender counts what it sealed for its next hop.
+        let name = |i: usize| -> Result<String> {
+            Ok(c.report(i)?.router()?["Name"].as_str().unwrap_or_default().to_owned())
+        };
+        let sent = |i: usize, to: usize| -> Result<f64> {
+            let labels = [format!("peer=\"{}\"", name(to)?), "direction=\"out\"".to_owned()];
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            Ok(metric_sum_labels(&c.metrics(i)?, "weft_bytes_total", &labels))
+        };
+        let (first_hop, second_hop) = (sent(0, 1)?, sent(1, 2)?);
+        ensure!(
+            first_hop >= MEDIUM as f64 && second_hop >= MEDIUM as f64,
+            "node0 sent {first_hop} bytes to node1 and node1 {second_hop} to node2, want >= {MEDIUM} each"
+        );
+        for i in 0..3 {
+            let m = c.metrics(i)?;
+            ensure!(metric_sum(&m, "weft_auth_failures_total", "") == 0.0, "node{i} saw authentication failures");
+        }
+        Ok(())
+    });
+}
+
 /// Captures the underlay bridge (every node's traffic) from before the
 /// routers start until after a [`CAPTURED`]-byte transfer pod0 -> pod1:
 /// handshakes, control traffic, heartbeats and the transfer. Routers get
