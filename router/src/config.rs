@@ -8,9 +8,14 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:6784";
 
 /// Overhead reserved between the underlay MTU and the pod MTU. Weave's 1376
 /// on a 1500 underlay: it covers the sleeve (IP + UDP + weft headers +
-/// inner Ethernet) with room for encryption and for VXLAN's 50 bytes, so a
-/// pod's MTU never has to change when a connection switches path.
+/// inner Ethernet) with room for encryption (97 bytes in all, checked below)
+/// and for VXLAN's 50 bytes, so a pod's MTU never has to change when a
+/// connection switches path.
 pub const MTU_OVERHEAD: u32 = 124;
+
+// An encrypted sleeve (33 more bytes per datagram) must fit the same
+// budget, so that a pod's MTU does not depend on whether a password is set.
+const _: () = assert!(1500 - weft_proto::sleeve::sealed_overlay_mtu(1500) as u32 <= MTU_OVERHEAD);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RouterArgs {
@@ -103,6 +108,12 @@ pub struct Password {
 impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Password").field("source", &self.source).field("cipher", &self.cipher).finish()
+    }
+}
+
+impl Drop for Password {
+    fn drop(&mut self) {
+        weft_proto::crypto::wipe(&mut self.secret);
     }
 }
 

@@ -162,7 +162,7 @@ pub fn run(args: RouterArgs, http_addr: String) -> Result<()> {
     result
 }
 
-async fn serve(cfg: Config) -> Result<()> {
+async fn serve(mut cfg: Config) -> Result<()> {
     let name = crate::identity::load_or_create_name(&cfg.data_dir, cfg.name)?;
     let uid = crate::identity::new_uid();
     let nl = weft_netlink::Netlink::connect().await.context("opening netlink")?;
@@ -189,7 +189,8 @@ async fn serve(cfg: Config) -> Result<()> {
         if bridge.created { ", created" } else { "" }
     );
 
-    let encryption = match &cfg.password {
+    // Only the derived key stays in memory, not the password.
+    let encryption = match cfg.password.take() {
         None => None,
         Some(password) => {
             let started = Instant::now();

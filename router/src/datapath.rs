@@ -42,8 +42,10 @@ pub struct Neighbour {
 impl Neighbour {
     pub fn new(addr: SocketAddr, path_mtu: u32, session: Option<Arc<SleeveSession>>) -> Self {
         let max_datagram = sleeve::max_datagram_payload(path_mtu as usize);
-        let overhead = if session.is_some() { sleeve::SEAL_OVERHEAD } else { 0 };
-        let max_frame = sleeve::max_frame_len(max_datagram.saturating_sub(overhead));
+        let max_frame = match session {
+            Some(_) => sleeve::sealed_max_frame_len(max_datagram),
+            None => sleeve::max_frame_len(max_datagram),
+        };
         Neighbour { addr, max_datagram, max_frame, session }
     }
 }

@@ -21,7 +21,7 @@ pub use replay::{ReplayError, ReplayWindow, WINDOW};
 /// Overwrites a secret before its memory is released. Volatile writes,
 /// because plain ones to memory that is about to be freed are dead stores
 /// the optimiser may drop.
-pub(crate) fn wipe(secret: &mut [u8]) {
+pub fn wipe(secret: &mut [u8]) {
     for byte in secret.iter_mut() {
         // SAFETY: `byte` is a valid, aligned, exclusive reference.
         unsafe { std::ptr::write_volatile(byte, 0) };
