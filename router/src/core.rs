@@ -311,6 +311,32 @@ async fn serve(mut cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// How a connection error counts: as a connection failure, and for
+/// encryption problems also as a handshake failure.
+fn classify(err: &ConnectionError) -> (ConnFailure, Option<crate::metrics::HandshakeFailure>) {
+    use crate::metrics::HandshakeFailure;
+    use weft_proto::control::Refusal;
+    let handshake = match err {
+        ConnectionError::Refused(Refusal::PasswordDiffers) | ConnectionError::PeerRefused => {
+            Some(HandshakeFailure::PasswordDiffers)
+        }
+        ConnectionError::Refused(Refusal::PeerHasNoPassword | Refusal::PeerRequiresPassword) => {
+            Some(HandshakeFailure::EncryptionMismatch)
+        }
+        ConnectionError::Refused(Refusal::CipherMismatch { .. }) => Some(HandshakeFailure::CipherMismatch),
+        ConnectionError::Noise(_) | ConnectionError::HandshakeFrame(_) => Some(HandshakeFailure::Malformed),
+        _ => None,
+    };
+    let conn = match err {
+        ConnectionError::HeartbeatTimeout { .. } => ConnFailure::HeartbeatTimeout,
+        ConnectionError::SelfConnection => ConnFailure::SelfConnection,
+        ConnectionError::Handshake(_) | ConnectionError::HandshakeTimeout { .. } => ConnFailure::Handshake,
+        _ if handshake.is_some() => ConnFailure::Handshake,
+        _ => ConnFailure::Protocol,
+    };
+    (conn, handshake)
+}
+
 /// One sleeve heartbeat to `addr`, sealed on an encrypted connection.
 fn send_sleeve_heartbeat(
     udp: &UdpSocket,
@@ -810,30 +836,7 @@ impl Core {
     }
 
     fn fail_conn(&mut self, id: u64, err: &ConnectionError, now: Instant) {
-        use crate::metrics::HandshakeFailure;
-        use weft_proto::control::Refusal;
-        let reason = match err {
-            ConnectionError::HeartbeatTimeout { .. } => ConnFailure::HeartbeatTimeout,
-            ConnectionError::SelfConnection => ConnFailure::SelfConnection,
-            ConnectionError::Handshake(_)
-            | ConnectionError::HandshakeTimeout { .. }
-            | ConnectionError::Refused(_)
-            | ConnectionError::PeerRefused
-            | ConnectionError::Noise(_)
-            | ConnectionError::HandshakeFrame(_) => ConnFailure::Handshake,
-            _ => ConnFailure::Protocol,
-        };
-        let handshake_failure = match err {
-            ConnectionError::Refused(Refusal::PasswordDiffers) | ConnectionError::PeerRefused => {
-                Some(HandshakeFailure::PasswordDiffers)
-            }
-            ConnectionError::Refused(Refusal::PeerHasNoPassword | Refusal::PeerRequiresPassword) => {
-                Some(HandshakeFailure::EncryptionMismatch)
-            }
-            ConnectionError::Refused(Refusal::CipherMismatch { .. }) => Some(HandshakeFailure::CipherMismatch),
-            ConnectionError::Noise(_) | ConnectionError::HandshakeFrame(_) => Some(HandshakeFailure::Malformed),
-            _ => None,
-        };
+        let (reason, handshake_failure) = classify(err);
         if let Some(failure) = handshake_failure {
             self.shared.metrics.handshake_failure(failure);
         }
@@ -846,15 +849,13 @@ impl Core {
             if c.proto.poll_transmit(&mut farewell) {
                 let _ = c.writer.send(farewell);
             }
-            if handshake_failure.is_some() && c.origin == Origin::Inbound {
+            if handshake_failure.is_some() {
                 let peer = c.proto.announced().map(|r| format!("{}({})", r.name, r.nickname));
-                if let Some(p) = &peer {
-                    tracing::warn!("refused {p} at {}: {err}", c.addr);
+                tracing::warn!("refused {} at {}: {err}", peer.as_deref().unwrap_or("a peer"), c.addr);
+                if c.origin == Origin::Inbound {
+                    let refused = Refused { address: c.addr, peer, reason: err.to_string(), at: now };
+                    self.refused.insert(c.addr.ip(), refused);
                 }
-                self.refused.insert(
-                    c.addr.ip(),
-                    Refused { address: c.addr, peer, reason: err.to_string(), at: now },
-                );
             }
         }
         if reason == ConnFailure::SelfConnection {
