@@ -4,7 +4,8 @@
 //! also after Ctrl-C.
 //!
 //! `cargo build --release --bins && cargo run --release --example demo`
-//! (as root; `WEFT_BIN` may point at another `weft`).
+//! (as root; `WEFT_BIN` may point at another `weft`; with `WEFT_PASSWORD`
+//! set, the cluster is encrypted with it).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +47,11 @@ fn check_interrupt() -> Result<()> {
 
 fn main() -> ExitCode {
     install_signal_handlers();
-    let result = Cluster::new(NODES).context("building the namespace cluster").and_then(|cluster| {
+    let mut builder = Cluster::builder().nodes(NODES);
+    if let Some(password) = std::env::var("WEFT_PASSWORD").ok().filter(|p| !p.is_empty()) {
+        builder = builder.router_env("WEFT_PASSWORD", &password);
+    }
+    let result = builder.build().context("building the namespace cluster").and_then(|cluster| {
         let r = demo(&cluster);
         if r.is_err() && !INTERRUPTED.load(Ordering::SeqCst) {
             cluster.dump_logs();
