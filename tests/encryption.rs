@@ -288,6 +288,13 @@ fn encrypted_cluster_pings_and_transfers() {
         c.wait_mesh(&[0, 1, 2], Duration::ZERO).context("the mesh changed during the transfers")?;
         for i in 0..3 {
             check_encrypted_node(c, i, CHACHA, 2)?;
+            // Genuine traffic, heartbeats included from the first one on,
+            // always finds its keys and always verifies.
+            let m = c.metrics(i)?;
+            for reason in ["auth_failed", "no_session", "unencrypted", "unknown_epoch", "replay"] {
+                let n = metric_sum(&m, "weft_drops_total", &format!("reason=\"{reason}\""));
+                ensure!(n == 0.0, "node{i} dropped {n} genuine datagrams as {reason}");
+            }
         }
         Ok(())
     });

@@ -162,6 +162,10 @@ pub struct Connection {
     /// Opens the remote's sealed frames once the Noise handshake is done.
     opener: Option<Opener>,
     sleeve_keys: Option<SleeveKeys>,
+    /// The remote can open what we seal: always without encryption; as
+    /// the initiator once its reply arrived; as the responder once a
+    /// sealed frame from it opened.
+    remote_has_keys: bool,
     decoder: FrameDecoder,
     /// Set when the handshake completes.
     live: Option<Live>,
@@ -265,6 +269,7 @@ impl Connection {
             noise: None,
             opener: None,
             sleeve_keys: None,
+            remote_has_keys: true,
             decoder: FrameDecoder::new(),
             live: None,
             out: Outbox { transmit, sealer: None },
@@ -405,9 +410,11 @@ impl Connection {
 
     /// Whether the router should send a UDP sleeve heartbeat to the remote
     /// now: once at handshake completion, then every
-    /// `sleeve_heartbeat_interval`.
+    /// `sleeve_heartbeat_interval`. On an encrypted connection we accepted,
+    /// not before the remote's first sealed frame: until then it may not
+    /// hold the keys to open a sealed heartbeat.
     pub fn poll_sleeve_heartbeat(&mut self, now: Instant) -> bool {
-        let Some(live) = self.live.as_mut().filter(|_| self.state != State::Closed) else {
+        let Some(live) = self.live.as_mut().filter(|_| self.state != State::Closed && self.remote_has_keys) else {
             return false;
         };
         live.sleeve.schedule_send(now, self.timers.sleeve_heartbeat_interval);
@@ -460,7 +467,11 @@ impl Connection {
                 },
                 Some(body) => {
                     let plain = match &mut self.opener {
-                        Some(opener) => open_sealed_frame(opener, body).map_err(ConnectionError::ControlAuth)?,
+                        Some(opener) => {
+                            let plain = open_sealed_frame(opener, body).map_err(ConnectionError::ControlAuth)?;
+                            self.remote_has_keys = true;
+                            plain
+                        }
                         None => body,
                     };
                     Frame::Message(Message::decode(plain)?)
@@ -534,6 +545,9 @@ impl Connection {
         let Some(secrets) = secrets else { return Ok(()) };
         self.out.sealer = Some(Sealer::new(enc.cipher, secrets.control_tx, enc.rekey, now));
         self.opener = Some(Opener::new(enc.cipher, secrets.control_rx));
+        // The initiator finishes on the responder's last message, so the
+        // responder already has its keys; the responder waits for proof.
+        self.remote_has_keys = self.outbound;
         self.sleeve_keys = Some(SleeveKeys {
             sealer: Sealer::new(enc.cipher, secrets.sleeve_tx, enc.rekey, now),
             opener: Opener::new(enc.cipher, secrets.sleeve_rx),
@@ -1325,6 +1339,25 @@ mod tests {
             let mut farewell = Vec::new();
             b.poll_transmit(&mut farewell);
             assert_eq!(a.handle_input(now, &farewell), Err(ConnectionError::Refused(Refusal::PasswordDiffers)));
+        }
+
+        #[test]
+        fn responder_holds_sleeve_heartbeats_until_the_initiator_has_keys() {
+            let (mut a, mut b, now) = opened(7, 7);
+            let mut m1 = Vec::new();
+            a.poll_transmit(&mut m1);
+            b.handle_input(now, &m1).expect("first message");
+            assert_eq!(b.state(), State::Connected);
+            assert!(!b.poll_sleeve_heartbeat(now), "initiator can't open it yet");
+            let mut m2 = Vec::new();
+            b.poll_transmit(&mut m2);
+            a.handle_input(now, &m2).expect("second message");
+            assert!(a.poll_sleeve_heartbeat(now), "the responder had its keys before replying");
+            a.send(Message::Gossip(vec![1])).expect("send");
+            let mut sealed = Vec::new();
+            a.poll_transmit(&mut sealed);
+            b.handle_input(now, &sealed).expect("sealed frame");
+            assert!(b.poll_sleeve_heartbeat(now));
         }
 
         #[test]
