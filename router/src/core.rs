@@ -1143,6 +1143,7 @@ impl Core {
             }
         }
         fwd.fastdp = self.fastdp.fastdp_set();
+        fwd.fastdp_macs = self.fastdp.confirmed_macs();
         fwd.local_flood = if fwd.fastdp.is_empty() {
             // No fast path: our broadcasts follow our broadcast tree.
             fwd.broadcast.get(&self.local.name).into_iter().flatten().map(|&h| (h, PeerName::BROADCAST)).collect()

@@ -59,9 +59,13 @@ pub struct Forwarding {
     pub next_hop: HashMap<PeerName, PeerName>,
     /// Broadcast source → neighbours we pass its broadcasts on to.
     pub broadcast: HashMap<PeerName, Vec<PeerName>>,
-    /// Peers the kernel's VXLAN device carries pod frames to: the sleeve
-    /// must not send them any, or they would arrive twice.
+    /// Peers the kernel's VXLAN device carries (or may carry) pod frames
+    /// to: `local_flood` leaves them out, or floods would arrive twice.
     pub fastdp: HashSet<PeerName>,
+    /// Pod MACs whose bridge entries (to the VXLAN port) the kernel
+    /// confirmed: a unicast frame for one reaches the TAP only as a flood,
+    /// which the kernel has carried already.
+    pub fastdp_macs: HashSet<weft_proto::ethernet::MacAddr>,
     /// (next hop, destination) copies of a broadcast or unknown-unicast
     /// frame from a local pod; the destination is `BROADCAST` for a tree.
     pub local_flood: Vec<(PeerName, PeerName)>,
@@ -324,10 +328,14 @@ impl TapToUdp {
                 self.plan.push(Planned { hop, origin: self.local, dest, buf: i, start: 0, end: len })
             };
             match owner {
-                // The bridge flooded it (it would have sent a frame for a
-                // known fast-path MAC to the VXLAN port only), so the
-                // kernel already carried a copy to that peer.
-                Some(Owner::Peer(dest)) if fwd.fastdp.contains(&dest) => self.shared.metrics.drop(Drop::OnFastPath, 1),
+                // The bridge flooded it (it sends a frame for a confirmed
+                // fast-path MAC to the VXLAN port only), so the kernel
+                // already carried a copy to that peer.
+                Some(Owner::Peer(_)) if fwd.fastdp_macs.contains(&dst) => self.shared.metrics.drop(Drop::OnFastPath, 1),
+                // A fast-path peer's MAC without a confirmed bridge entry
+                // (just learned, or the switch in progress): the bridge
+                // forwards it to us as it learned it, so the kernel did not
+                // carry it and dropping here would lose it. Sleeve it.
                 Some(Owner::Peer(dest)) => match fwd.next_hop.get(&dest) {
                     Some(&hop) => plan(hop, dest),
                     None => self.shared.metrics.drop(Drop::NoRoute, 1),

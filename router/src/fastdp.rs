@@ -113,7 +113,10 @@ pub struct FastDp {
     /// Peers the kernel may still flood to: those of the last desired
     /// state not yet confirmed applied, and those of the applied one.
     in_kernel: HashSet<PeerName>,
-    pending: Option<(u64, HashSet<PeerName>)>,
+    /// Pod MACs the bridge sends to the VXLAN port, as last confirmed.
+    bridge_macs: HashSet<MacAddr>,
+    /// The last desired state not yet confirmed: generation, peers, MACs.
+    pending: Option<(u64, HashSet<PeerName>, HashSet<MacAddr>)>,
     generation: u64,
     /// `None` until the kernel task first read the bridge: sending an
     /// empty list then would make peers drop entries they still need.
@@ -151,6 +154,7 @@ impl FastDp {
             inherited: by_ip,
             inherited_until: now + INHERIT_GRACE,
             in_kernel: HashSet::new(),
+            bridge_macs: HashSet::new(),
             pending: None,
             generation: 0,
             local_macs: None,
@@ -305,10 +309,16 @@ impl FastDp {
     pub fn fastdp_set(&self) -> HashSet<PeerName> {
         let mut set: HashSet<PeerName> = self.kernel_peers().map(|(n, _, _)| n).collect();
         set.extend(self.in_kernel.iter().copied());
-        if let Some((_, pending)) = &self.pending {
+        if let Some((_, pending, _)) = &self.pending {
             set.extend(pending.iter().copied());
         }
         set
+    }
+
+    /// Pod MACs whose bridge entries the kernel confirmed: the bridge
+    /// sends their unicast frames to the VXLAN port, never to the TAP.
+    pub fn confirmed_macs(&self) -> HashSet<MacAddr> {
+        self.bridge_macs.clone()
     }
 
     /// The kernel state for the current paths; a new generation each call.
@@ -327,7 +337,7 @@ impl FastDp {
         let vxlan = fdb::desired_entries(pod_macs.iter().copied().chain(heartbeats), flood);
         let bridge: BTreeSet<MacAddr> = pod_macs.iter().map(|(mac, _)| *mac).filter(|m| m.is_unicast()).collect();
         let peers: HashSet<PeerName> = self.kernel_peers().map(|(n, _, _)| n).collect();
-        self.pending = Some((self.generation, peers));
+        self.pending = Some((self.generation, peers, bridge.iter().copied().collect()));
         Desired { generation: self.generation, vxlan, bridge: bridge.into_iter().collect() }
     }
 
@@ -335,9 +345,10 @@ impl FastDp {
     /// may now be given to the sleeve. True when that set changed.
     pub fn applied(&mut self, generation: u64) -> bool {
         match self.pending.take() {
-            Some((g, peers)) if g == generation => {
-                let changed = peers != self.in_kernel;
+            Some((g, peers, macs)) if g == generation => {
+                let changed = peers != self.in_kernel || macs != self.bridge_macs;
                 self.in_kernel = peers;
+                self.bridge_macs = macs;
                 changed
             }
             other => {
