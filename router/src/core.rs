@@ -356,7 +356,7 @@ fn send_sleeve_heartbeat(
     };
     let len = match &c.session {
         None => plain,
-        Some(session) => match session.seal(&mut buf, plain, local, now, metrics) {
+        Some(session) => match session.sealing(metrics).seal(&mut buf, plain, local, now) {
             Ok(len) => len,
             Err(err) => return tracing::warn!("sealing a sleeve heartbeat to {addr}: {err}"),
         },

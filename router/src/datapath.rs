@@ -8,7 +8,7 @@
 
 use crate::core::{Heartbeat, Shared, SleeveHeartbeat};
 use crate::metrics::{Direction, Drop, TrafficBatch};
-use crate::sleeve_session::SleeveSession;
+use crate::sleeve_session::{Sealing, SleeveSession};
 use crate::tap::Tap;
 use crate::udp_batch::MsgBatch;
 use std::collections::{HashMap, HashSet};
@@ -141,6 +141,8 @@ impl Encapsulator {
             return;
         }
         plan.sort_by_key(|p| p.hop);
+        // One clock read per batch: it only feeds time-based rekeying.
+        let now = Instant::now();
         // At most one datagram per planned frame.
         while self.out.len() < plan.len() {
             self.out.push(vec![0u8; BUF_LEN].into_boxed_slice());
@@ -161,7 +163,7 @@ impl Encapsulator {
                 Some(_) => (sleeve::SEALED_HEADER_LEN, weft_proto::crypto::TAG_LEN),
                 None => (0, 0),
             };
-            let now = Instant::now();
+            let mut sealing = nb.session.as_ref().map(|s| s.sealing(&shared.metrics));
             let mut builder: Option<(usize, DatagramBuilder<'_>)> = None;
             for p in entries {
                 let frame = &frames[p.buf][p.start..p.end];
@@ -173,7 +175,7 @@ impl Encapsulator {
                 if !fits {
                     // Current datagram full (or none yet): send it, open the next.
                     if let Some((idx, full)) = builder.take() {
-                        seal_and_queue(&mut self.msgs, self.local, nb, (idx, full), now, shared);
+                        seal_and_queue(&mut self.msgs, self.local, nb, &mut sealing, (idx, full), now, shared);
                     }
                     let Some((idx, buf)) = free.next() else { break };
                     let cap = nb.max_datagram.min(buf.len());
@@ -188,7 +190,7 @@ impl Encapsulator {
             }
             if let Some((idx, b)) = builder.take() {
                 if !b.is_empty() {
-                    seal_and_queue(&mut self.msgs, self.local, nb, (idx, b), now, shared);
+                    seal_and_queue(&mut self.msgs, self.local, nb, &mut sealing, (idx, b), now, shared);
                 }
             }
         }
@@ -208,14 +210,15 @@ fn seal_and_queue(
     msgs: &mut Vec<(SocketAddr, usize, usize)>,
     local: PeerName,
     nb: &Neighbour,
+    sealing: &mut Option<Sealing<'_>>,
     (idx, builder): (usize, DatagramBuilder<'_>),
     now: Instant,
     shared: &Shared,
 ) {
     let (buf, plain) = builder.into_parts();
-    let len = match &nb.session {
+    let len = match sealing {
         None => plain,
-        Some(session) => match session.seal(buf, plain, local, now, &shared.metrics) {
+        Some(sealing) => match sealing.seal(buf, plain, local, now) {
             Ok(len) => len,
             Err(err) => {
                 tracing::warn!("sealing a datagram for {}: {err}", nb.addr);

@@ -1,11 +1,12 @@
 //! One encrypted connection's sleeve keys, shared by the threads that seal
 //! (TAP reader, relay, the core's heartbeats) and the one that opens.
 //!
-//! A mutex per direction: each is taken once per datagram for a few
-//! hundred nanoseconds of AEAD work, never across a syscall.
+//! A mutex per direction, never held across a syscall: the sealing side is
+//! locked once per run of datagrams to the neighbour (`sealing`), the
+//! opening side once per datagram (a batch mixes senders).
 
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use weft_proto::control::secure::SleeveKeys;
@@ -26,24 +27,11 @@ impl SleeveSession {
         SleeveSession { sealer: Mutex::new(keys.sealer), opener: Mutex::new(keys.opener) }
     }
 
-    /// Seals the plain datagram at `buf[SEALED_HEADER_LEN..][..plain_len]`
-    /// in place; returns the sealed length.
-    pub fn seal(
-        &self,
-        buf: &mut [u8],
-        plain_len: usize,
-        sender: PeerName,
-        now: Instant,
-        metrics: &Metrics,
-    ) -> Result<usize, SealError> {
-        let mut sealer = self.sealer.lock().unwrap_or_else(|p| p.into_inner());
+    /// The sealing side, locked until the returned value is dropped.
+    pub fn sealing<'a>(&'a self, metrics: &'a Metrics) -> Sealing<'a> {
+        let sealer = self.sealer.lock().unwrap_or_else(|p| p.into_inner());
         let before = sealer.rekeys();
-        let result = sleeve::seal(buf, plain_len, sender, &mut sealer, now);
-        let rotated = sealer.rekeys() - before;
-        if rotated > 0 {
-            metrics.rekeys_tx.fetch_add(rotated, Ordering::Relaxed);
-        }
-        result
+        Sealing { sealer, before, metrics }
     }
 
     /// Opens a sealed datagram in place; returns the plain datagram inside.
@@ -56,5 +44,30 @@ impl SleeveSession {
             metrics.rekeys_rx.fetch_add(adopted, Ordering::Relaxed);
         }
         result
+    }
+}
+
+/// A locked sealer; counts the key rotations it caused when dropped.
+#[derive(Debug)]
+pub struct Sealing<'a> {
+    sealer: MutexGuard<'a, Sealer>,
+    before: u64,
+    metrics: &'a Metrics,
+}
+
+impl Sealing<'_> {
+    /// Seals the plain datagram at `buf[SEALED_HEADER_LEN..][..plain_len]`
+    /// in place; returns the sealed length.
+    pub fn seal(&mut self, buf: &mut [u8], plain_len: usize, sender: PeerName, now: Instant) -> Result<usize, SealError> {
+        sleeve::seal(buf, plain_len, sender, &mut self.sealer, now)
+    }
+}
+
+impl Drop for Sealing<'_> {
+    fn drop(&mut self) {
+        let rotated = self.sealer.rekeys() - self.before;
+        if rotated > 0 {
+            self.metrics.rekeys_tx.fetch_add(rotated, Ordering::Relaxed);
+        }
     }
 }

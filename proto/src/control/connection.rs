@@ -166,6 +166,8 @@ pub struct Connection {
     /// the initiator once its reply arrived; as the responder once a
     /// sealed frame from it opened.
     remote_has_keys: bool,
+    /// A refusal we detected, sent to the remote as we close.
+    farewell: Option<Refusal>,
     decoder: FrameDecoder,
     /// Set when the handshake completes.
     live: Option<Live>,
@@ -270,6 +272,7 @@ impl Connection {
             opener: None,
             sleeve_keys: None,
             remote_has_keys: true,
+            farewell: None,
             decoder: FrameDecoder::new(),
             live: None,
             out: Outbox { transmit, sealer: None },
@@ -429,12 +432,10 @@ impl Connection {
     }
 
     fn close_on_error(&mut self, result: Result<(), ConnectionError>) -> Result<(), ConnectionError> {
-        if let Err(err) = &result {
+        if result.is_err() {
             self.close();
-            // Tell the remote why before hanging up, so both sides report
-            // the same cause rather than one of them "connection closed".
-            if *err == ConnectionError::Refused(Refusal::PasswordDiffers) && self.noise.is_some() {
-                self.out.queue_handshake(&HandshakeFrame::Refuse(Some(Refusal::PasswordDiffers)));
+            if let Some(why) = self.farewell.take() {
+                self.out.queue_handshake(&HandshakeFrame::Refuse(Some(why)));
             }
         }
         result
@@ -529,10 +530,17 @@ impl Connection {
         let (Some(noise), Some(enc)) = (self.noise.as_mut(), self.encryption.clone()) else {
             return Err(ConnectionError::Noise(NoiseError::OutOfTurn));
         };
-        noise.read_message(msg).map_err(|e| match e {
-            NoiseError::AuthFailed => ConnectionError::Refused(Refusal::PasswordDiffers),
-            other => ConnectionError::Noise(other),
-        })?;
+        if let Err(e) = noise.read_message(msg) {
+            return Err(match e {
+                NoiseError::AuthFailed => {
+                    // Tell the remote why before hanging up, so both sides
+                    // report the same cause, not one "connection closed".
+                    self.farewell = Some(Refusal::PasswordDiffers);
+                    ConnectionError::Refused(Refusal::PasswordDiffers)
+                }
+                other => ConnectionError::Noise(other),
+            });
+        }
         if noise.is_my_turn() {
             let mut reply = Vec::new();
             noise.write_message(&mut reply).map_err(ConnectionError::Noise)?;
@@ -541,8 +549,8 @@ impl Connection {
         if !noise.is_finished() {
             return Ok(());
         }
-        let secrets = self.noise.take().map(NoiseHandshake::finish).transpose().map_err(ConnectionError::Noise)?;
-        let Some(secrets) = secrets else { return Ok(()) };
+        let Some(noise) = self.noise.take() else { return Ok(()) };
+        let secrets = noise.finish().map_err(ConnectionError::Noise)?;
         self.out.sealer = Some(Sealer::new(enc.cipher, secrets.control_tx, enc.rekey, now));
         self.opener = Some(Opener::new(enc.cipher, secrets.control_rx));
         // The initiator finishes on the responder's last message, so the
@@ -1339,6 +1347,8 @@ mod tests {
             let mut farewell = Vec::new();
             b.poll_transmit(&mut farewell);
             assert_eq!(a.handle_input(now, &farewell), Err(ConnectionError::Refused(Refusal::PasswordDiffers)));
+            // and, having been told, does not answer with a refusal of its own.
+            assert!(!a.poll_transmit(&mut Vec::new()));
         }
 
         #[test]
