@@ -3,23 +3,19 @@
 
 mod api;
 mod cli;
+mod command;
 mod config;
 mod control;
 mod core;
 mod datapath;
 mod devices;
 mod fastdp;
-mod fastdp_kernel;
-mod fastdp_socket;
 mod identity;
 mod ipam;
 mod metrics;
 mod path_mtu;
 mod reset;
-mod sleeve_session;
-mod status;
-mod tap;
-mod udp_batch;
+mod shared;
 
 use clap::{Parser, Subcommand};
 

@@ -187,7 +187,7 @@ impl Metrics {
 
     /// Prometheus text exposition. `gauges` are the control core's
     /// point-in-time values (connections by state, termination count).
-    pub fn render(&self, gauges: &crate::status::Gauges) -> String {
+    pub fn render(&self, gauges: &crate::api::status::Gauges) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP weft_connections Peer connections by state and overlay path.");
         let _ = writeln!(out, "# TYPE weft_connections gauge");
@@ -222,7 +222,10 @@ impl Metrics {
             let n = self.handshake_failures[*r as usize].load(Ordering::Relaxed);
             let _ = writeln!(out, "weft_handshake_failures_total{{reason=\"{}\"}} {n}", r.label());
         }
-        let _ = writeln!(out, "# HELP weft_auth_failures_total Sealed datagrams and control frames that failed authentication.");
+        let _ = writeln!(
+            out,
+            "# HELP weft_auth_failures_total Sealed datagrams and control frames that failed authentication."
+        );
         let _ = writeln!(out, "# TYPE weft_auth_failures_total counter");
         let _ = writeln!(out, "weft_auth_failures_total {}", self.auth_failures.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP weft_replays_total Sealed datagrams rejected as replays.");

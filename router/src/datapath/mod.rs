@@ -6,16 +6,21 @@
 //! frames for this node into the TAP and re-packs frames for others
 //! (relay) the same way. Buffers are allocated once per thread.
 
-use crate::core::{Heartbeat, Shared, SleeveHeartbeat};
+pub mod sleeve_session;
+pub mod tap;
+mod udp_batch;
+
+use crate::command::{Heartbeat, SleeveHeartbeat};
 use crate::metrics::{Direction, Drop, TrafficBatch};
-use crate::sleeve_session::{Sealing, SleeveSession};
-use crate::tap::Tap;
-use crate::udp_batch::MsgBatch;
+use crate::shared::Shared;
+use sleeve_session::{Sealing, SleeveSession};
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
+use tap::Tap;
+use udp_batch::MsgBatch;
 use weft_proto::ethernet::EthernetFrame;
 use weft_proto::mac_table::{Learned, MacTable, Owner};
 use weft_proto::sleeve::{self, Datagram, DatagramBuilder};

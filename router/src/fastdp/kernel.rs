@@ -13,10 +13,11 @@ use weft_proto::ethernet::MacAddr;
 use weft_proto::fastdp::{self as plan, FastDpHeartbeat, FdbEntry};
 use weft_proto::PeerName;
 
-use crate::core::Command;
-use crate::core::{Heartbeat, Shared};
+use super::socket::HeartbeatSocket;
+use crate::command::Command;
+use crate::command::Heartbeat;
 use crate::fastdp::{Availability, Desired};
-use crate::fastdp_socket::HeartbeatSocket;
+use crate::shared::Shared;
 
 /// One VNI for the whole cluster: the FDB entries, not the VNI, steer
 /// frames. ("wef" in ASCII.)

@@ -10,6 +10,9 @@
 //! before the kernel learns of it, and leaves it only once the kernel has
 //! confirmed it forgot the peer.
 
+pub mod kernel;
+mod socket;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -18,8 +21,8 @@ use weft_proto::ethernet::MacAddr;
 use weft_proto::fastdp::{fdb, FastDpHeartbeat, FdbEntry, Path, PathConfig, PathEvent, PathSelector, SleeveReason};
 use weft_proto::PeerName;
 
-use crate::fastdp_socket::HeartbeatSocket;
 use crate::metrics::Metrics;
+use socket::HeartbeatSocket;
 
 /// How long a peer whose connection ended keeps its kernel entries: longer
 /// than a DaemonSet rolling restart, so traffic to it never stops, short

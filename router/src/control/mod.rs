@@ -3,7 +3,7 @@
 //! protocol decision is made by the core driving `weft_proto`'s state
 //! machines.
 
-use crate::core::Command;
+use crate::command::Command;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3,26 +3,32 @@
 //! bytes and time from the I/O tasks, quinn-style. The data path reads the
 //! forwarding table it publishes; the HTTP API reads its status snapshot.
 
-use crate::config::{Config, RouterArgs, MTU_OVERHEAD};
+mod conn;
+mod snapshot;
+mod startup;
+mod target;
+
+use conn::{classify, send_sleeve_heartbeat, Conn, Origin, Refused, REFUSED_SHOWN_FOR};
+use target::Target;
+
+pub use startup::run;
+
+use crate::command::{Command, Heartbeat, SleeveHeartbeat};
+use crate::config::Config;
 use crate::control::{self, canonical_target};
 use crate::datapath::{Forwarding, Neighbour};
-use crate::metrics::{ConnFailure, Metrics};
-use crate::status::{ConnView, MacView, PeerConnView, PeerView, Snapshot};
-use anyhow::{Context, Result};
+use crate::metrics::ConnFailure;
+use crate::shared::Shared;
+use anyhow::Result;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::{self, Receiver, UnboundedReceiver, UnboundedSender};
-use tokio::sync::oneshot;
-use tokio::task::AbortHandle;
-use weft_proto::backoff::Backoff;
+use tokio::sync::mpsc::{Receiver, UnboundedReceiver, UnboundedSender};
 use weft_proto::control::{
     keep_new_connection, Candidate, Connection, ConnectionError, Event, LocalPeer, Message, RemotePeer, State, Timers,
 };
-use weft_proto::fastdp::{FastDpHeartbeat, Path};
-use weft_proto::mac_table::MacTable;
 use weft_proto::topology::{ConnectionInfo, Topology};
 use weft_proto::PeerName;
 
@@ -36,423 +42,6 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_TICK: Duration = Duration::from_millis(500);
 /// A connection that lived this long resets its target's backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
-
-/// Everything the I/O tasks, the data path and the API tell the core.
-#[derive(Debug)]
-pub enum Command {
-    Connect {
-        peers: Vec<String>,
-        replace: bool,
-    },
-    Forget {
-        peers: Vec<String>,
-    },
-    Accepted {
-        stream: TcpStream,
-        addr: SocketAddr,
-    },
-    Dialed {
-        target: String,
-        result: Result<(TcpStream, SocketAddr), String>,
-    },
-    Input {
-        id: u64,
-        data: Vec<u8>,
-    },
-    Closed {
-        id: u64,
-        reason: String,
-    },
-    IpamAllocate {
-        container_id: String,
-        ifname: String,
-        reply: crate::ipam::Waiter,
-    },
-    IpamRelease {
-        container_id: String,
-        ifname: Option<String>,
-        reply: oneshot::Sender<usize>,
-    },
-    IpamLookup {
-        container_id: String,
-        ifname: String,
-        reply: oneshot::Sender<Option<crate::ipam::Lease>>,
-    },
-    IpamGc {
-        valid: Vec<(String, String)>,
-        reply: oneshot::Sender<usize>,
-    },
-    Rmpeer {
-        peer: String,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// A runtime asked whether IPAM is ready.
-    IpamWanted,
-    /// The pod MACs on our bridge, as the kernel task last read them.
-    LocalMacs(Vec<weft_proto::ethernet::MacAddr>),
-    /// The kernel task applied this generation of the fast-path state.
-    FastDpApplied(u64),
-    /// `weft reset` asks the router to exit.
-    Shutdown,
-}
-
-/// A UDP heartbeat seen by the data path, for the connection it belongs to.
-#[derive(Debug)]
-pub struct SleeveHeartbeat {
-    pub sender: PeerName,
-    pub conn_id: u64,
-    pub from: SocketAddr,
-}
-
-/// Heartbeats from the data path threads, through one bounded queue so
-/// that a flood of them can cost drops but never unbounded memory.
-#[derive(Debug)]
-pub enum Heartbeat {
-    Sleeve(SleeveHeartbeat),
-    FastDp(FastDpHeartbeat),
-}
-
-/// State shared between the core, the data path threads and the API.
-#[derive(Debug)]
-pub struct Shared {
-    snapshot: RwLock<Arc<Snapshot>>,
-    forwarding: RwLock<Arc<Forwarding>>,
-    pub macs: Mutex<MacTable>,
-    pub metrics: Metrics,
-    commands: UnboundedSender<Command>,
-    pub heartbeats: mpsc::Sender<Heartbeat>,
-}
-
-impl Shared {
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn forwarding(&self) -> Arc<Forwarding> {
-        self.forwarding.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn command(&self, cmd: Command) {
-        let _ = self.commands.send(cmd);
-    }
-
-    pub fn lock_macs(&self) -> std::sync::MutexGuard<'_, MacTable> {
-        self.macs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-pub fn run(args: RouterArgs, http_addr: String) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let cfg = Config::from_args(args, &http_addr)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let result = rt.block_on(serve(cfg));
-    // The data path threads block in syscalls; the process exit ends them.
-    rt.shutdown_timeout(Duration::from_secs(1));
-    result
-}
-
-async fn serve(mut cfg: Config) -> Result<()> {
-    let name = crate::identity::load_or_create_name(&cfg.data_dir, cfg.name)?;
-    let uid = crate::identity::new_uid();
-    let nl = weft_netlink::Netlink::connect().await.context("opening netlink")?;
-
-    let underlay_mtu = detect_underlay_mtu(&cfg).await;
-    let pod_mtu = cfg.mtu.unwrap_or(crate::path_mtu::overlay_mtu(underlay_mtu, MTU_OVERHEAD));
-    let nl = Arc::new(nl);
-    let bridge = nl.ensure_bridge(&cfg.bridge).await.with_context(|| format!("setting up bridge {}", cfg.bridge))?;
-    if bridge.created {
-        nl.set_mtu(bridge.index, pod_mtu).await?;
-    }
-    let tap_name = crate::devices::tap_name(&cfg.bridge);
-    let tap = crate::tap::Tap::open(&tap_name, false).with_context(|| format!("opening TAP {tap_name}"))?;
-    tap.set_nonblocking(true)?;
-    let tap_index = nl.link_index(tap.name()).await?.with_context(|| format!("TAP {} vanished", tap.name()))?;
-    nl.set_mtu(tap_index, pod_mtu).await?;
-    nl.set_master(tap_index, bridge.index).await?;
-    nl.set_up(tap_index).await?;
-    nl.set_up(bridge.index).await?;
-    tracing::info!(
-        "peer {name} ({}) bridge {} (mtu {pod_mtu}, underlay {underlay_mtu}){}",
-        cfg.nickname,
-        cfg.bridge,
-        if bridge.created { ", created" } else { "" }
-    );
-
-    // Only the derived key stays in memory, not the password.
-    let encryption = match cfg.password.take() {
-        None => None,
-        Some(password) => {
-            let started = Instant::now();
-            let enc = password.encryption().context("deriving the key from the password")?;
-            tracing::info!(
-                "encryption on ({}, password from {}; key derived in {} ms)",
-                password.cipher,
-                password.source,
-                started.elapsed().as_millis()
-            );
-            Some(Arc::new(enc))
-        }
-    };
-    let fastdp_off = if !cfg.fastdp {
-        Some(crate::fastdp::Availability::Disabled)
-    } else if encryption.is_some() {
-        Some(crate::fastdp::Availability::Encrypted(crate::fastdp_kernel::encrypted_kernel_note()))
-    } else {
-        None
-    };
-    let (availability, device) = crate::fastdp_kernel::setup(
-        &nl,
-        fastdp_off,
-        crate::fastdp_kernel::Bridge { name: &cfg.bridge, index: bridge.index, tap_index },
-        cfg.port,
-        pod_mtu,
-        name,
-    )
-    .await;
-    tracing::info!("fast path: {}", availability.describe());
-
-    let udp = bind_udp(cfg.port).with_context(|| format!("binding UDP port {}", cfg.port))?;
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.port))
-        .await
-        .with_context(|| format!("binding TCP port {}", cfg.port))?;
-    let http = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .with_context(|| format!("binding the HTTP API on {}", cfg.http_addr))?;
-
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (hb_tx, hb_rx) = mpsc::channel(1024);
-    let shared = Arc::new(Shared {
-        snapshot: RwLock::new(Arc::new(Snapshot::default())),
-        forwarding: RwLock::new(Arc::new(Forwarding::default())),
-        macs: Mutex::new(MacTable::new(MAC_TTL)),
-        metrics: Metrics::default(),
-        commands: tx.clone(),
-        heartbeats: hb_tx,
-    });
-
-    crate::datapath::start(shared.clone(), tap, udp.try_clone()?, name)?;
-    let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
-    let (socket, inherited) = match device {
-        Some(d) => {
-            let rx = d.socket.try_clone()?;
-            crate::fastdp_kernel::spawn_heartbeat_reader(rx, shared.clone())?;
-            tokio::spawn(crate::fastdp_kernel::run(
-                nl.clone(),
-                bridge.index,
-                tap_index,
-                d.index,
-                desired_rx,
-                tx.clone(),
-                shared.clone(),
-            ));
-            (Some(d.socket), d.inherited)
-        }
-        None => (None, Vec::new()),
-    };
-    tokio::spawn(control::accept_loop(listener, tx.clone()));
-    let api = crate::api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(http, api).await {
-            tracing::error!("HTTP API stopped: {err}");
-        }
-    });
-
-    let now = Instant::now();
-    let ipam = crate::ipam::IpamService::load(
-        name,
-        &cfg.data_dir,
-        cfg.ipalloc_range,
-        cfg.consensus_count,
-        pod_mtu,
-        &cfg.bridge,
-        now,
-    )?;
-    let fastdp = crate::fastdp::FastDp::new(availability, socket, inherited, name, pod_mtu, now);
-    let features = if fastdp.enabled() { weft_proto::control::FEATURE_FASTDP } else { 0 };
-    let local = LocalPeer { name, nickname: cfg.nickname.clone(), uid, udp_port: cfg.port, features, encryption };
-    let mut core = Core {
-        topology: Topology::new(name, cfg.nickname.clone(), uid, now),
-        local,
-        timers: Timers::default(),
-        conns: BTreeMap::new(),
-        targets: BTreeMap::new(),
-        next_id: 1,
-        terminations: 0,
-        udp,
-        tx,
-        shared,
-        pod_mtu,
-        bridge: cfg.bridge.clone(),
-        bridge_index: bridge.index,
-        ipam,
-        nl,
-        fastdp,
-        desired_tx,
-        last_publish: None,
-        dirty: true,
-        refused: BTreeMap::new(),
-        cfg,
-    };
-    let initial = core.cfg.peers.clone();
-    core.connect(initial, false, now);
-    core.fastdp_changed();
-    core.run(rx, hb_rx).await;
-    Ok(())
-}
-
-/// How a connection error counts: as a connection failure, and for
-/// encryption problems also as a handshake failure.
-fn classify(err: &ConnectionError) -> (ConnFailure, Option<crate::metrics::HandshakeFailure>) {
-    use crate::metrics::HandshakeFailure;
-    use weft_proto::control::Refusal;
-    let handshake = match err {
-        ConnectionError::Refused(Refusal::PasswordDiffers) | ConnectionError::PeerRefused => {
-            Some(HandshakeFailure::PasswordDiffers)
-        }
-        ConnectionError::Refused(Refusal::PeerHasNoPassword | Refusal::PeerRequiresPassword) => {
-            Some(HandshakeFailure::EncryptionMismatch)
-        }
-        ConnectionError::Refused(Refusal::CipherMismatch { .. }) => Some(HandshakeFailure::CipherMismatch),
-        ConnectionError::Noise(_) | ConnectionError::HandshakeFrame(_) => Some(HandshakeFailure::Malformed),
-        _ => None,
-    };
-    let conn = match err {
-        ConnectionError::HeartbeatTimeout { .. } => ConnFailure::HeartbeatTimeout,
-        ConnectionError::SelfConnection => ConnFailure::SelfConnection,
-        ConnectionError::Handshake(_) | ConnectionError::HandshakeTimeout { .. } => ConnFailure::Handshake,
-        _ if handshake.is_some() => ConnFailure::Handshake,
-        _ => ConnFailure::Protocol,
-    };
-    (conn, handshake)
-}
-
-/// One sleeve heartbeat to `addr`, sealed on an encrypted connection.
-fn send_sleeve_heartbeat(
-    udp: &UdpSocket,
-    addr: SocketAddr,
-    local: PeerName,
-    c: &Conn,
-    now: Instant,
-    metrics: &Metrics,
-) {
-    use weft_proto::sleeve::{write_heartbeat, SEALED_HEADER_LEN, SEAL_OVERHEAD};
-    const PLAIN: usize = 64;
-    let mut buf = [0u8; PLAIN + SEAL_OVERHEAD];
-    let front = if c.session.is_some() { SEALED_HEADER_LEN } else { 0 };
-    let plain = match write_heartbeat(&mut buf[front..], local, c.proto.conn_id(), PLAIN) {
-        Ok(plain) => plain,
-        Err(err) => return tracing::warn!("sleeve heartbeat to {addr}: {err}"),
-    };
-    let len = match &c.session {
-        None => plain,
-        Some(session) => match session.sealing(metrics).seal(&mut buf, plain, local, now) {
-            Ok(len) => len,
-            Err(err) => return tracing::warn!("sealing a sleeve heartbeat to {addr}: {err}"),
-        },
-    };
-    if let Err(err) = udp.send_to(&buf[..len], addr) {
-        tracing::debug!("sleeve heartbeat to {addr}: {err}");
-    }
-}
-
-fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    // Big buffers absorb bursts between the data path's batches.
-    let _ = sock.set_recv_buffer_size(4 << 20);
-    let _ = sock.set_send_buffer_size(4 << 20);
-    sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
-    // recvmmsg wakes up at least this often, so the thread notices shutdown.
-    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
-    Ok(sock.into())
-}
-
-/// The MTU toward the named peers (the smallest), else that of the
-/// default route's interface, else Ethernet's 1500.
-async fn detect_underlay_mtu(cfg: &Config) -> u32 {
-    let mut mtu: Option<u32> = None;
-    for peer in &cfg.peers {
-        let Ok((host, port)) = control::parse_target(peer) else { continue };
-        let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await else { continue };
-        for addr in addrs {
-            if let Ok(m) = crate::path_mtu::path_mtu(addr.ip()) {
-                mtu = Some(mtu.map_or(m, |x| x.min(m)));
-            }
-        }
-    }
-    mtu.or_else(crate::path_mtu::default_route_mtu).unwrap_or(1500)
-}
-
-/// Where a connection came from: a target we dial (user-given or learned
-/// through gossip) or an inbound accept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Origin {
-    Inbound,
-    Target(String),
-}
-
-#[derive(Debug)]
-struct Conn {
-    proto: Connection,
-    addr: SocketAddr,
-    origin: Origin,
-    writer: UnboundedSender<Vec<u8>>,
-    reader: AbortHandle,
-    udp_addr: Option<SocketAddr>,
-    path_mtu: u32,
-    since: Instant,
-    /// The sleeve's keys, on an encrypted connection.
-    session: Option<Arc<crate::sleeve_session::SleeveSession>>,
-    /// Control-stream key rotations already counted in the metrics.
-    rekeys_counted: (u64, u64),
-}
-
-impl Conn {
-    fn remote(&self) -> Option<&RemotePeer> {
-        self.proto.remote()
-    }
-}
-
-#[derive(Debug)]
-struct Target {
-    /// Named by the user (`weft connect`, command line) rather than learned.
-    user: bool,
-    backoff: Backoff,
-    next_attempt: Option<Instant>,
-    dialing: bool,
-    conn: Option<u64>,
-    /// Who answered at this address last time.
-    peer: Option<PeerName>,
-    last_error: Option<String>,
-    /// Dialing this address reaches ourselves: never again.
-    is_self: bool,
-}
-
-impl Target {
-    fn new(user: bool, now: Instant) -> Self {
-        Target {
-            user,
-            backoff: Backoff::new(),
-            next_attempt: Some(now),
-            dialing: false,
-            conn: None,
-            peer: None,
-            last_error: None,
-            is_self: false,
-        }
-    }
-}
 
 struct Core {
     cfg: Config,
@@ -479,18 +68,6 @@ struct Core {
     /// the refusing side's `weft status` says who was refused and why.
     refused: BTreeMap<std::net::IpAddr, Refused>,
 }
-
-/// An inbound connection that failed its handshake.
-#[derive(Debug)]
-struct Refused {
-    address: SocketAddr,
-    peer: Option<String>,
-    reason: String,
-    at: Instant,
-}
-
-/// How long a refused inbound connection stays in `weft status`.
-const REFUSED_SHOWN_FOR: Duration = Duration::from_secs(120);
 
 impl Core {
     async fn run(&mut self, mut rx: UnboundedReceiver<Command>, mut hb_rx: Receiver<Heartbeat>) {
@@ -809,8 +386,14 @@ impl Core {
         let conn_id = rand::random::<u64>();
         let outbound = matches!(origin, Origin::Target(_));
         let (writer, reader) = control::spawn_io(id, stream, self.tx.clone());
-        let proto =
-            Connection::new(self.local.clone(), self.timers.clone(), conn_id, outbound, now, rand::random::<[u8; 32]>());
+        let proto = Connection::new(
+            self.local.clone(),
+            self.timers.clone(),
+            conn_id,
+            outbound,
+            now,
+            rand::random::<[u8; 32]>(),
+        );
         if let Origin::Target(key) = &origin {
             if let Some(t) = self.targets.get_mut(key) {
                 t.conn = Some(id);
@@ -1055,7 +638,8 @@ impl Core {
         }
         let Some(c) = self.conns.get_mut(&id) else { return };
         c.udp_addr = Some(SocketAddr::new(c.addr.ip(), remote.udp_port));
-        c.session = c.proto.take_sleeve_keys().map(|keys| Arc::new(crate::sleeve_session::SleeveSession::new(keys)));
+        c.session =
+            c.proto.take_sleeve_keys().map(|keys| Arc::new(crate::datapath::sleeve_session::SleeveSession::new(keys)));
         self.refused.remove(&c.addr.ip());
         tracing::info!("connected to {}({}) at {}", remote.name, remote.nickname, c.addr);
         let mut all = Vec::new();
@@ -1170,7 +754,7 @@ impl Core {
                 }
             }
         }
-        *self.shared.forwarding.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fwd);
+        self.shared.publish_forwarding(fwd);
     }
 
     /// Peer discovery: dial peers we learn about through gossip but have
@@ -1212,176 +796,8 @@ impl Core {
             return;
         }
         let snap = self.snapshot(now);
-        *self.shared.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        self.shared.publish_snapshot(snap);
         self.last_publish = Some(now);
         self.dirty = false;
-    }
-
-    fn nickname_of(&self, name: PeerName) -> String {
-        self.topology.peer(&name).map(|p| p.nickname.clone()).unwrap_or_default()
-    }
-
-    fn snapshot(&self, now: Instant) -> Snapshot {
-        let routes = self.topology.routes();
-        let peers = self
-            .topology
-            .peers()
-            .map(|p| PeerView {
-                name: p.name,
-                nickname: p.nickname.clone(),
-                uid: p.uid,
-                version: p.version,
-                connections: p
-                    .connections
-                    .iter()
-                    .map(|c| PeerConnView {
-                        name: c.remote,
-                        nickname: self.nickname_of(c.remote),
-                        address: c.address.clone(),
-                        outbound: c.outbound,
-                        established: c.established,
-                    })
-                    .collect(),
-            })
-            .collect();
-        let via: HashMap<PeerName, PeerName> = routes.unicast().collect();
-        let mut connections: Vec<ConnView> = self
-            .conns
-            .values()
-            .map(|c| {
-                let established = c.proto.state() == State::Established;
-                let path = c.remote().and_then(|r| self.fastdp.path(r.name));
-                // Without a confirmed sleeve our frames to the peer take a
-                // detour through another one: say so rather than a reason
-                // about a direct link that carries nothing.
-                let relayed =
-                    !established && c.remote().is_some_and(|r| via.get(&r.name).is_some_and(|hop| *hop != r.name));
-                let (overlay, reason) = match path {
-                    Some(Path::FastDp) => ("fastdp", None),
-                    _ if relayed => ("sleeve", Some(weft_proto::fastdp::SleeveReason::Relay.to_string())),
-                    Some(Path::Sleeve(why)) => ("sleeve", Some(why.to_string())),
-                    None => ("sleeve", None),
-                };
-                let (state, info) = match c.remote() {
-                    Some(r) => (
-                        if established { "established" } else { "pending" },
-                        format!(
-                            "{overlay} {} {}({}) mtu={}{}{}",
-                            if c.proto.encrypted() { "encrypted" } else { "unencrypted" },
-                            r.name,
-                            r.nickname,
-                            self.pod_mtu,
-                            reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
-                            if established { "" } else { " (confirming UDP path)" }
-                        ),
-                    ),
-                    None => ("pending", "handshaking".to_string()),
-                };
-                ConnView {
-                    address: c.addr.to_string(),
-                    outbound: c.proto.outbound(),
-                    state,
-                    info,
-                    overlay,
-                    encrypted: c.remote().map(|_| c.proto.encrypted()),
-                    reason,
-                    mtu: Some(self.pod_mtu),
-                }
-            })
-            .collect();
-        for (key, t) in &self.targets {
-            if t.conn.is_some()
-                || t.peer.is_some_and(|p| self.conns.values().any(|c| c.remote().is_some_and(|r| r.name == p)))
-            {
-                continue;
-            }
-            let (state, info) = if t.is_self {
-                ("failed", "cannot connect to ourself".to_string())
-            } else if t.dialing {
-                ("connecting", String::new())
-            } else {
-                let retry = t
-                    .next_attempt
-                    .map(|at| format!(", retry in {}s", at.saturating_duration_since(now).as_secs()))
-                    .unwrap_or_default();
-                ("retrying", format!("{}{retry}", t.last_error.clone().unwrap_or_default()))
-            };
-            connections.push(ConnView {
-                address: key.clone(),
-                outbound: true,
-                state,
-                info,
-                overlay: "",
-                encrypted: None,
-                reason: None,
-                mtu: None,
-            });
-        }
-        for r in self.refused.values() {
-            connections.push(ConnView {
-                address: r.address.to_string(),
-                outbound: false,
-                state: "failed",
-                info: format!(
-                    "{}{}, {}s ago",
-                    r.peer.as_ref().map(|p| format!("{p}: ")).unwrap_or_default(),
-                    r.reason,
-                    now.saturating_duration_since(r.at).as_secs()
-                ),
-                overlay: "",
-                encrypted: None,
-                reason: None,
-                mtu: None,
-            });
-        }
-        let macs = self
-            .shared
-            .lock_macs()
-            .iter()
-            .map(|(mac, owner, last_seen)| {
-                let peer = match owner {
-                    weft_proto::mac_table::Owner::Peer(p) => p,
-                    weft_proto::mac_table::Owner::Local => self.local.name,
-                };
-                MacView {
-                    mac: mac.to_string(),
-                    peer,
-                    nickname: self.nickname_of(peer),
-                    age_secs: now.saturating_duration_since(last_seen).as_secs(),
-                }
-            })
-            .collect();
-        let nick = |p: PeerName| self.nickname_of(p);
-        let (used, free, unreachable) = self.ipam.gauges();
-        Snapshot {
-            ipam_ready: self.ipam.gateway().is_some(),
-            ipam_range: self.ipam.range().to_string(),
-            ipam_gateway: self.ipam.gateway().map(|g| g.to_string()),
-            ipam_text: self.ipam.render_status(nick),
-            ipam_report: self.ipam.report(nick),
-            ipam_gauges: (used, free, unreachable, self.ipam.conflicts() as u64),
-            ready: true,
-            name: self.local.name,
-            nickname: self.local.nickname.clone(),
-            port: self.cfg.port,
-            encryption: self.local.encryption.is_some(),
-            cipher: self.local.encryption.as_ref().map(|e| e.cipher.to_string()),
-            fastdp: self.fastdp.availability().describe(),
-            discovery: self.cfg.discovery,
-            mtu: self.pod_mtu,
-            bridge: self.bridge.clone(),
-            peers,
-            unicast_routes: routes.unicast().collect(),
-            broadcast_routes: self
-                .topology
-                .peers()
-                .map(|p| (p.name, routes.broadcast_next_hops(p.name).to_vec()))
-                .filter(|(_, v)| !v.is_empty())
-                .collect(),
-            connections,
-            targets: self.targets.iter().filter(|(_, t)| t.user).map(|(k, _)| k.clone()).collect(),
-            termination_count: self.terminations,
-            macs,
-        }
     }
 }

@@ -2,8 +2,11 @@
 //! scripts carry over. Reads come from the published snapshot; writes are
 //! commands to the control core.
 
-use crate::core::{Command, Shared};
+pub mod status;
+
+use crate::command::Command;
 use crate::ipam::IpamReply;
+use crate::shared::Shared;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, RawForm, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -44,7 +47,7 @@ fn text(body: String) -> Response {
     ([("content-type", "text/plain; charset=utf-8")], body).into_response()
 }
 
-fn render(shared: &Shared, f: impl FnOnce(&crate::status::Snapshot) -> String) -> Response {
+fn render(shared: &Shared, f: impl FnOnce(&status::Snapshot) -> String) -> Response {
     let snap = shared.snapshot();
     if !snap.ready {
         return (StatusCode::SERVICE_UNAVAILABLE, "weft router is starting\n").into_response();

@@ -58,7 +58,13 @@ pub struct Sealing<'a> {
 impl Sealing<'_> {
     /// Seals the plain datagram at `buf[SEALED_HEADER_LEN..][..plain_len]`
     /// in place; returns the sealed length.
-    pub fn seal(&mut self, buf: &mut [u8], plain_len: usize, sender: PeerName, now: Instant) -> Result<usize, SealError> {
+    pub fn seal(
+        &mut self,
+        buf: &mut [u8],
+        plain_len: usize,
+        sender: PeerName,
+        now: Instant,
+    ) -> Result<usize, SealError> {
         sleeve::seal(buf, plain_len, sender, &mut self.sealer, now)
     }
 }
