@@ -87,7 +87,9 @@ fn sealed_datagrams(c: &mut Criterion) {
 fn password_kdf(c: &mut Criterion) {
     let mut group = c.benchmark_group("psk");
     group.sample_size(10);
-    group.bench_function("argon2id_64MiB_t3", |bench| bench.iter(|| Psk::derive(black_box(b"correct horse battery staple"))));
+    group.bench_function("argon2id_64MiB_t3", |bench| {
+        bench.iter(|| Psk::derive(black_box(b"correct horse battery staple")))
+    });
     group.finish();
 }
 

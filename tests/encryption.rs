@@ -321,9 +321,8 @@ fn relayed_frames_are_re_encrypted_per_hop() {
         ping_both_ways(&p[0], &p[1], PINGS, REACH)?;
         transfer(&p[0], &p[1], MEDIUM)?;
         // Each hop's sender counts what it sealed for its next hop.
-        let name = |i: usize| -> Result<String> {
-            Ok(c.report(i)?.router()?["Name"].as_str().unwrap_or_default().to_owned())
-        };
+        let name =
+            |i: usize| -> Result<String> { Ok(c.report(i)?.router()?["Name"].as_str().unwrap_or_default().to_owned()) };
         let sent = |i: usize, to: usize| -> Result<f64> {
             let labels = [format!("peer=\"{}\"", name(to)?), "direction=\"out\"".to_owned()];
             let labels: Vec<&str> = labels.iter().map(String::as_str).collect();

@@ -64,6 +64,12 @@ pub enum Command {
     FastDpApplied(u64),
     /// `weft reset` asks the router to exit.
     Shutdown,
+    /// From the Kubernetes task: the node list or the API's health changed.
+    Kube(crate::kube::KubeEvent),
+    /// From the NAT task: the state of weft's nftables rules.
+    Nat(crate::nat::NatState),
+    /// The liveness probe: answered as soon as the core's loop turns.
+    Ping(oneshot::Sender<()>),
 }
 
 /// A UDP heartbeat seen by the data path, for the connection it belongs to.

@@ -71,9 +71,44 @@ pub struct RouterArgs {
     /// Test only: rotate sleeve and control keys after this many seconds.
     #[arg(long, env = "WEFT_TEST_REKEY_AFTER_SECS", hide = true)]
     pub test_rekey_after_secs: Option<u64>,
+    /// This node's name in Kubernetes (the downward API's spec.nodeName).
+    /// Default: NODE_NAME, else HOSTNAME. Also the default nickname.
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Do not use the Kubernetes API (node discovery, reclaim), even when
+    /// credentials are found (in-cluster service account, KUBECONFIG).
+    #[arg(long, env = "WEFT_NO_KUBE")]
+    pub no_kube: bool,
+    /// Namespace of weft's own API objects (peer map). Default: POD_NAMESPACE,
+    /// else the service account's namespace, else "weft".
+    #[arg(long, env = "WEFT_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
+    /// Only Nodes matching this label selector run routers (e.g.
+    /// kubernetes.io/os=linux). Default: every Node.
+    #[arg(long, env = "WEFT_KUBE_NODE_SELECTOR")]
+    pub kube_node_selector: Option<String>,
+    /// Do not manage weft's nftables table (pod egress masquerading, host
+    /// access) nor the bridge netfilter and forwarding sysctls.
+    #[arg(long, env = "WEFT_NO_NAT")]
+    pub no_nat: bool,
+    /// Weave's NO_MASQ_LOCAL: traffic to this node's own pods from outside
+    /// keeps its client address (for externalTrafficPolicy: Local). On
+    /// unless 0.
+    #[arg(long, env = "NO_MASQ_LOCAL", default_value = "1", value_name = "0|1")]
+    pub no_masq_local: String,
+    /// Write weft's CNI conflist into this directory once the router is
+    /// ready (the DaemonSet points it at the host's /etc/cni/net.d).
+    #[arg(long, env = "WEFT_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Where the node's CNI plugins are (to chain portmap only if present).
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
     /// Peers to connect to, host[:port]. Also from WEFT_PEERS (space separated).
     #[arg(env = "WEFT_PEERS", value_delimiter = ' ')]
     pub peers: Vec<String>,
+    /// Weave's KUBE_PEERS: more peers, alongside the others.
+    #[arg(long, env = "KUBE_PEERS", value_delimiter = ' ', hide = true)]
+    pub kube_peers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,7 +125,17 @@ pub struct Config {
     pub peers: Vec<String>,
     pub http_addr: SocketAddr,
     pub ipalloc_range: weft_proto::ipam::Range,
-    pub consensus_count: usize,
+    /// `--ipalloc-init consensus=N`, if given.
+    pub ipalloc_init: Option<usize>,
+    /// This node's name (for Kubernetes).
+    pub node_name: String,
+    pub kube: bool,
+    pub kube_namespace: Option<String>,
+    pub kube_node_selector: Option<String>,
+    pub nat: bool,
+    pub no_masq_local: bool,
+    pub cni_conf_dir: Option<PathBuf>,
+    pub cni_bin_dir: PathBuf,
     /// The password (not yet stretched) and cipher; `None`: unencrypted.
     pub password: Option<Password>,
 }
@@ -165,17 +210,25 @@ impl Config {
                 anyhow::bail!("--mtu {mtu}: must be between 576 and 65000");
             }
         }
-        let nickname = match args.nickname {
-            Some(n) => n,
-            None => hostname(),
-        };
-        let peers: Vec<String> = args.peers.into_iter().filter(|p| !p.trim().is_empty()).collect();
-        let consensus_count = match args.ipalloc_init.as_deref() {
-            None => peers.len() + 1,
+        let node_name = args
+            .node_name
+            .or_else(|| env_nonempty("NODE_NAME"))
+            .or_else(|| env_nonempty("HOSTNAME"))
+            .unwrap_or_else(hostname);
+        let nickname = args.nickname.unwrap_or_else(|| node_name.clone());
+        let peers: Vec<String> =
+            args.peers.into_iter().chain(args.kube_peers).filter(|p| !p.trim().is_empty()).collect();
+        let ipalloc_init = match args.ipalloc_init.as_deref() {
+            None => None,
             Some(init) => match init.strip_prefix("consensus=").map(str::parse::<usize>) {
-                Some(Ok(n)) if n >= 1 => n,
+                Some(Ok(n)) if n >= 1 => Some(n),
                 _ => anyhow::bail!("--ipalloc-init {init:?}: expected consensus=N with N >= 1"),
             },
+        };
+        let no_masq_local = match args.no_masq_local.trim() {
+            "0" => false,
+            "1" | "" => true,
+            other => anyhow::bail!("NO_MASQ_LOCAL / --no-masq-local {other:?}: expected 0 or 1"),
         };
         let password = match read_password(args.password_file.as_deref())? {
             None => None,
@@ -210,9 +263,48 @@ impl Config {
             peers,
             http_addr,
             ipalloc_range: args.ipalloc_range,
-            consensus_count,
+            ipalloc_init,
+            node_name,
+            kube: !args.no_kube,
+            kube_namespace: args.kube_namespace,
+            kube_node_selector: args.kube_node_selector.filter(|s| !s.trim().is_empty()),
+            nat: !args.no_nat,
+            no_masq_local,
+            cni_conf_dir: args.cni_conf_dir,
+            cni_bin_dir: args.cni_bin_dir,
         })
     }
+}
+
+fn env_nonempty(var: &str) -> Option<String> {
+    std::env::var(var).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// Weave's environment variables, as a Weave DaemonSet sets them, mapped
+/// onto weft's before the command line is parsed (weft's own names win).
+/// `EXTRA_ARGS` become more router arguments; unknown ones are refused by
+/// the parser like any other.
+pub fn weave_env_args(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    for (weave, weft) in [
+        ("IPALLOC_INIT", "WEFT_IPALLOC_INIT"),
+        ("CONN_LIMIT", "WEFT_CONN_LIMIT"),
+        ("WEAVE_MTU", "WEFT_MTU"),
+        ("WEAVE_HTTP_ADDR", "WEFT_HTTP_ADDR"),
+    ] {
+        if let (Some(value), None) = (env_nonempty(weave), std::env::var_os(weft)) {
+            std::env::set_var(weft, value);
+        }
+    }
+    // Weave treats any non-empty value as "on", even "false".
+    if env_nonempty("WEAVE_NO_FASTDP").is_some() && std::env::var_os("WEFT_NO_FASTDP").is_none() {
+        std::env::set_var("WEFT_NO_FASTDP", "true");
+    }
+    if argv.get(1).is_some_and(|a| a == "router") {
+        if let Some(extra) = env_nonempty("EXTRA_ARGS") {
+            argv.extend(extra.split_whitespace().map(std::ffi::OsString::from));
+        }
+    }
+    argv
 }
 
 fn hostname() -> String {

@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod cni_install;
 mod command;
 mod config;
 mod control;
@@ -12,7 +13,9 @@ mod devices;
 mod fastdp;
 mod identity;
 mod ipam;
+mod kube;
 mod metrics;
+mod nat;
 mod path_mtu;
 mod reset;
 mod shared;
@@ -58,10 +61,13 @@ enum Command {
     /// Undo weft on this node: stop the router, delete its bridge, TAP and
     /// VXLAN device and the pods' veths, and forget its peer name and IPAM state.
     Reset(reset::ResetArgs),
+    /// Install the weft-net CNI plugin on this node (the DaemonSet's init
+    /// container).
+    InstallCni(cni_install::InstallArgs),
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(config::weave_env_args(std::env::args_os().collect()));
     let result = match cli.command {
         Command::Router(args) => core::run(args, cli.http_addr),
         Command::Status { what } => cli::status(&cli.http_addr, what),
@@ -70,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::Forget { peers } => cli::forget(&cli.http_addr, &peers),
         Command::Rmpeer { peer } => cli::rmpeer(&cli.http_addr, &peer),
         Command::Reset(args) => reset::run(args, &cli.http_addr),
+        Command::InstallCni(args) => cni_install::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -18,6 +18,8 @@ pub struct Shared {
     forwarding: RwLock<Arc<Forwarding>>,
     pub macs: Mutex<MacTable>,
     pub metrics: Metrics,
+    pub nat_metrics: crate::nat::NatMetrics,
+    pub kube_metrics: crate::kube::KubeMetrics,
     commands: UnboundedSender<Command>,
     pub heartbeats: mpsc::Sender<Heartbeat>,
 }
@@ -29,6 +31,8 @@ impl Shared {
             forwarding: RwLock::new(Arc::new(Forwarding::default())),
             macs: Mutex::new(macs),
             metrics: Metrics::default(),
+            nat_metrics: Default::default(),
+            kube_metrics: Default::default(),
             commands,
             heartbeats,
         }

@@ -301,10 +301,7 @@ impl Connection {
 
     /// Key rotations on the control stream so far: (ours, the remote's).
     pub fn rekeys(&self) -> (u64, u64) {
-        (
-            self.out.sealer.as_ref().map_or(0, Sealer::rekeys),
-            self.opener.as_ref().map_or(0, Opener::rekeys),
-        )
+        (self.out.sealer.as_ref().map_or(0, Sealer::rekeys), self.opener.as_ref().map_or(0, Opener::rekeys))
     }
 
     pub fn state(&self) -> State {
@@ -511,8 +508,7 @@ impl Connection {
         secure::negotiate(Some(&enc), remote.features)?;
         let ours = (self.our_preamble.as_slice(), self.our_hello.as_slice());
         let theirs = (self.their_preamble.as_slice(), raw);
-        let prologue =
-            if self.outbound { secure::prologue(ours, theirs) } else { secure::prologue(theirs, ours) };
+        let prologue = if self.outbound { secure::prologue(ours, theirs) } else { secure::prologue(theirs, ours) };
         let mut noise =
             NoiseHandshake::new(&enc.psk, &prologue, self.outbound, self.entropy).map_err(ConnectionError::Noise)?;
         // The entropy made the one ephemeral key it is for.
@@ -1220,7 +1216,8 @@ mod tests {
             assert!(pair.b.events.contains(&Event::Message(Message::Gossip(secret))));
 
             // Each side's sleeve sealer matches the other's opener.
-            let (mut ka, mut kb) = (pair.a.conn.take_sleeve_keys().expect("a"), pair.b.conn.take_sleeve_keys().expect("b"));
+            let (mut ka, mut kb) =
+                (pair.a.conn.take_sleeve_keys().expect("a"), pair.b.conn.take_sleeve_keys().expect("b"));
             assert!(pair.a.conn.take_sleeve_keys().is_none(), "handed out once");
             let nonce = ka.sealer.next_nonce(pair.now).expect("nonce");
             let mut msg = b"frame".to_vec();
@@ -1276,7 +1273,8 @@ mod tests {
             let now = Instant::now();
             let chacha = Cipher::ChaCha20Poly1305;
             let mut a = Connection::new(with_password(1, password_a, chacha), Timers::default(), 1, true, now, [3; 32]);
-            let mut b = Connection::new(with_password(2, password_b, chacha), Timers::default(), 2, false, now, [4; 32]);
+            let mut b =
+                Connection::new(with_password(2, password_b, chacha), Timers::default(), 2, false, now, [4; 32]);
             let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
             a.poll_transmit(&mut from_a);
             b.poll_transmit(&mut from_b);

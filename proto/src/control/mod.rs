@@ -24,8 +24,8 @@ pub mod tie_break;
 pub use connection::{Connection, ConnectionError, Event, LocalPeer, RemotePeer, State, Timers};
 pub use framing::{FrameDecoder, FrameError, MAX_MESSAGE_LEN};
 pub use handshake::{
-    HandshakeError, Hello, VersionRange, FEATURE_AES256GCM, FEATURE_ENCRYPTION, FEATURE_FASTDP, MAGIC, PROTOCOL_MAX_VERSION,
-    PROTOCOL_MIN_VERSION,
+    HandshakeError, Hello, VersionRange, FEATURE_AES256GCM, FEATURE_ENCRYPTION, FEATURE_FASTDP, MAGIC,
+    PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION,
 };
 pub use message::Message;
 pub use secure::{Encryption, Refusal};

@@ -68,6 +68,10 @@ pub const PAXOS_RETRY: Duration = Duration::from_secs(3);
 /// How long a request for space may go unanswered before we ask again
 /// (re-choosing the donor).
 pub const REQUEST_RETRY: Duration = Duration::from_secs(5);
+/// A consensus count not known yet (e.g. until the Kubernetes node list is
+/// read): the peer answers others' proposals but never proposes or decides
+/// itself, so it can't claim the range alone while other peers exist.
+pub const CONSENSUS_UNKNOWN: usize = 0;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {
@@ -159,7 +163,7 @@ impl Ipam {
     ) -> Self {
         Ipam {
             local,
-            consensus_count: consensus_count.max(1),
+            consensus_count,
             shared,
             allocations,
             served,
@@ -190,6 +194,32 @@ impl Ipam {
 
     pub fn consensus_count(&self) -> usize {
         self.consensus_count
+    }
+
+    /// Sets how many peers the initial division waits for (a majority of
+    /// them must agree), e.g. from a node list that became known or grew.
+    /// Only matters until the range is divided; later calls change nothing.
+    /// Quorums of counts n and n+1 always intersect, so peers that briefly
+    /// disagree by one node can't decide two divisions.
+    pub fn set_consensus_count(&mut self, now: Instant, count: usize) {
+        if self.shared.ring.is_some() || count == self.consensus_count || count == CONSENSUS_UNKNOWN {
+            return;
+        }
+        self.consensus_count = count;
+        self.persist_dirty = true;
+        if self.wants_ring && self.paxos_retry_at.is_none() {
+            self.want_ring(now);
+        } else {
+            self.think(now);
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        if self.consensus_count == CONSENSUS_UNKNOWN {
+            usize::MAX
+        } else {
+            paxos::quorum(self.consensus_count)
+        }
     }
 
     /// Hands out an address for (container, interface), or the one it
@@ -290,7 +320,11 @@ impl Ipam {
         if self.self_tombstoned() {
             return;
         }
-        if self.shared.ring.is_none() && self.wants_ring && self.paxos_retry_at.is_some_and(|t| t <= now) {
+        if self.shared.ring.is_none()
+            && self.wants_ring
+            && self.consensus_count != CONSENSUS_UNKNOWN
+            && self.paxos_retry_at.is_some_and(|t| t <= now)
+        {
             self.propose(now);
         }
         if self.own().request.is_some() && self.request_retry_at.is_some_and(|t| t <= now) {
@@ -332,6 +366,25 @@ impl Ipam {
         let before = self.owned_usable();
         self.think(now);
         Ok(RmpeerOutcome { newly_tombstoned, addresses_taken_over: self.owned_usable().saturating_sub(before) })
+    }
+
+    /// The address ranges this peer owns, `(first, last)` inclusive, in
+    /// address order: what rules that tell this node's pods from others'
+    /// need (e.g. not masquerading traffic to local pods).
+    pub fn owned_ranges(&self) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+        let Some(ring) = &self.shared.ring else { return Vec::new() };
+        let mut out: Vec<(Ipv4Addr, Ipv4Addr)> = Vec::new();
+        for span in ring.owned_spans(self.local) {
+            let last = u32::try_from(span.end - 1).unwrap_or(u32::MAX);
+            match out.last_mut() {
+                // Adjacent spans (after a takeover) read as one range.
+                Some((_, prev)) if u64::from(u32::from(*prev)) + 1 == u64::from(span.start) => {
+                    *prev = Ipv4Addr::from(last)
+                }
+                _ => out.push((Ipv4Addr::from(span.start), Ipv4Addr::from(last))),
+            }
+        }
+        out
     }
 
     pub fn conflicts(&self) -> &[Conflict] {
@@ -446,7 +499,7 @@ impl Ipam {
         if self.self_tombstoned() {
             return;
         }
-        let quorum = paxos::quorum(self.consensus_count);
+        let quorum = self.quorum();
         let own = self.own().paxos.clone();
         let next = {
             let others = self.shared.peers.iter().filter(|(n, _)| **n != self.local).map(|(_, s)| &s.paxos);
@@ -475,7 +528,7 @@ impl Ipam {
 
     fn want_ring(&mut self, now: Instant) {
         self.wants_ring = true;
-        if self.paxos_retry_at.is_none() {
+        if self.paxos_retry_at.is_none() && self.consensus_count != CONSENSUS_UNKNOWN {
             let someone_proposing = self.shared.peers.values().any(|s| !s.paxos.promised.is_none());
             if someone_proposing {
                 // Let that round finish rather than duel with it.

@@ -181,6 +181,81 @@ fn two_peers_reach_consensus_and_a_latecomer_asks_for_space() {
     assert!(a.conflicts().is_empty() && b.conflicts().is_empty() && c.conflicts().is_empty());
 }
 
+/// Three peers that know of each other, none yet knowing how many peers
+/// the cluster has (a Kubernetes node list not read yet).
+fn trio_unknown(now: Instant, r: Range) -> [Ipam; 3] {
+    let mut peers = [1, 2, 3].map(|i| Ipam::new(name(i), r, CONSENSUS_UNKNOWN, now));
+    for p in peers.iter_mut() {
+        let others: Vec<PeerName> = [1, 2, 3].iter().map(|&i| name(i)).filter(|n| *n != p.local_name()).collect();
+        p.set_peers(now, &others, &others);
+    }
+    peers
+}
+
+fn sync_all(now: Instant, peers: &mut [Ipam]) {
+    for _ in 0..20 {
+        let mut changed = false;
+        for i in 0..peers.len() {
+            for j in 0..peers.len() {
+                if i != j {
+                    let msg = gossip(&peers[j]);
+                    changed |= peers[i].handle_gossip(now, &msg).unwrap();
+                }
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+    panic!("no convergence");
+}
+
+#[test]
+fn unknown_consensus_count_never_claims_the_range() {
+    let now = Instant::now();
+    let mut peers = trio_unknown(now, range("10.0.0.0/24"));
+    for (i, p) in peers.iter_mut().enumerate() {
+        assert_eq!(p.allocate(now, &format!("c{i}"), "eth0"), Err(AllocError::NotReady));
+        assert_eq!(p.poll_timeout(), None, "nothing to retry until the count is known");
+        p.handle_timeout(now + 10 * PAXOS_RETRY);
+    }
+    sync_all(now, &mut peers);
+    assert!(peers.iter().all(|p| !p.is_ready()), "no peer divided the range alone");
+    assert!(peers.iter().all(|p| p.own().paxos.promised.is_none()), "nobody proposed");
+}
+
+#[test]
+fn a_count_learned_later_divides_the_range_among_all() {
+    let now = Instant::now();
+    let mut peers = trio_unknown(now, range("10.0.0.0/24"));
+    assert_eq!(peers[0].allocate(now, "c0", "eth0"), Err(AllocError::NotReady));
+    // One peer learns the count: it proposes; the others, still without a
+    // count, answer as acceptors but decide nothing on their own.
+    peers[0].set_consensus_count(now, 3);
+    sync_all(now, &mut peers);
+    assert!(peers[0].is_ready(), "a quorum of acceptors answered");
+    assert!(peers[1].is_ready() && peers[2].is_ready(), "the others adopt the decided ring");
+    assert_eq!(peers[0].status().seeds, vec![name(1), name(2), name(3)]);
+    assert_eq!(peers[0].shared.ring, peers[1].shared.ring);
+    // Once divided, a changed count is moot.
+    peers[1].set_consensus_count(now, 7);
+    assert_eq!(peers[1].consensus_count(), CONSENSUS_UNKNOWN);
+    let a = peers[0].allocate(now, "c0", "eth0").unwrap();
+    assert!(peers[0].owned_ranges().iter().any(|(lo, hi)| *lo <= a && a <= *hi));
+    let all: Vec<(Ipv4Addr, Ipv4Addr)> = peers.iter().flat_map(|p| p.owned_ranges()).collect();
+    assert_eq!(all.len(), 3, "three seeds, one range each: {all:?}");
+    let covered: u64 = all.iter().map(|(lo, hi)| u64::from(u32::from(*hi)) - u64::from(u32::from(*lo)) + 1).sum();
+    assert_eq!(covered, 256);
+}
+
+#[test]
+fn unknown_count_survives_a_restart() {
+    let now = Instant::now();
+    let a = Ipam::new(name(1), range("10.0.0.0/24"), CONSENSUS_UNKNOWN, now);
+    let back = Ipam::restore(name(1), &persisted(&a), now).unwrap();
+    assert_eq!(back.consensus_count(), CONSENSUS_UNKNOWN);
+}
+
 #[test]
 fn proposer_retries_with_a_higher_round_after_timeout() {
     let now = Instant::now();

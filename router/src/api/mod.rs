@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/status", get(status))
+        .route("/healthz", get(healthz))
         .route("/status/peers", get(status_peers))
         .route("/status/connections", get(status_connections))
         .route("/status/targets", get(status_targets))
@@ -55,9 +56,34 @@ fn render(shared: &Shared, f: impl FnOnce(&status::Snapshot) -> String) -> Respo
     text(f(&snap))
 }
 
+/// Also the readiness probe: 503 until bridge, rules, IPAM and (with
+/// Kubernetes) the first node list are ready, with the status saying why.
 async fn status(State(s): State<Arc<Shared>>) -> Response {
+    let snap = s.snapshot();
+    if snap.ready && !snap.not_ready.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, text(snap.render_status())).into_response();
+    }
     render(&s, |s| s.render_status())
 }
+
+/// The liveness probe: fails when the core's loop no longer turns (a
+/// wedged router), never because of peers, the API or IPAM, so that a
+/// partition does not get routers restarted.
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    s.command(Command::Ping(tx));
+    match tokio::time::timeout(LIVENESS_TIMEOUT, rx).await {
+        Ok(Ok(())) => text("ok\n".to_string()),
+        Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "the router's core has stopped\n").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the router's core did not answer within {}s\n", LIVENESS_TIMEOUT.as_secs()),
+        )
+            .into_response(),
+    }
+}
+
+const LIVENESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn status_peers(State(s): State<Arc<Shared>>) -> Response {
     render(&s, |s| s.render_peers())
@@ -78,7 +104,10 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let gauges = s.snapshot().gauges();
-    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render(&gauges)).into_response()
+    let mut body = s.metrics.render(&gauges);
+    s.nat_metrics.render(&mut body);
+    s.kube_metrics.render(&mut body);
+    ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn status_ipam(State(s): State<Arc<Shared>>) -> Response {

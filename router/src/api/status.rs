@@ -49,9 +49,48 @@ pub struct MacView {
     pub age_secs: u64,
 }
 
+/// Node discovery through the Kubernetes API, for `weft status`.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryView {
+    pub status: crate::kube::DiscoveryStatus,
+}
+
+impl DiscoveryView {
+    /// `kubernetes (3 nodes, synced 3s ago)`, or what is wrong.
+    pub fn describe(&self) -> String {
+        let st = &self.status;
+        let ago = |t: std::time::Instant| secs(t.elapsed().as_secs());
+        match (&st.error, st.synced_at) {
+            (None, Some(at)) => format!("kubernetes ({} nodes, synced {} ago)", st.nodes, ago(at)),
+            (None, None) => "kubernetes (listing nodes)".to_string(),
+            (Some((err, since)), Some(at)) => {
+                format!("kubernetes (API failing for {}: {err}; {} nodes as of {} ago)", ago(*since), st.nodes, ago(at))
+            }
+            (Some((err, since)), None) => {
+                format!("kubernetes (API failing for {}: {err}; no node list yet)", ago(*since))
+            }
+        }
+    }
+}
+
+/// `42s`, `3m12s`, `2h5m`.
+fn secs(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub ready: bool,
+    /// Why the router is not ready yet (empty: ready).
+    pub not_ready: Vec<String>,
+    /// None: the Kubernetes API is not used.
+    pub kube: Option<DiscoveryView>,
+    /// The NAT task's `weft status` lines.
+    pub nat: Vec<(String, String)>,
     pub name: PeerName,
     pub nickname: String,
     pub port: u16,
@@ -150,11 +189,26 @@ impl Snapshot {
             }
         }
         let _ = writeln!(out, "         FastDP: {}", self.fastdp);
-        let _ = writeln!(out, "  PeerDiscovery: {}", enabled(self.discovery));
+        match &self.kube {
+            Some(k) => {
+                let _ = writeln!(out, "  PeerDiscovery: {}; gossip {}", k.describe(), enabled(self.discovery));
+            }
+            None => {
+                let _ = writeln!(out, "  PeerDiscovery: {}", enabled(self.discovery));
+            }
+        }
         let _ = writeln!(out, "        Targets: {}", self.targets.len());
         let _ = writeln!(out, "    Connections: {}", self.connection_counts());
         let _ = writeln!(out, "          Peers: {} (with {} established connections)", self.peers.len(), established);
         let _ = writeln!(out, "         Bridge: {} (mtu {})", self.bridge, self.mtu);
+        for (label, text) in &self.nat {
+            let _ = writeln!(out, "{label:>15}: {text}");
+        }
+        if self.not_ready.is_empty() {
+            let _ = writeln!(out, "          Ready: yes");
+        } else {
+            let _ = writeln!(out, "          Ready: no ({})", self.not_ready.join("; "));
+        }
         out
     }
 

@@ -57,6 +57,13 @@ pub fn canonical_target(s: &str) -> Result<String, TargetError> {
     Ok(if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") })
 }
 
+/// Whether `s` names an address of this host (e.g. a node list that
+/// includes ourselves): binding to it succeeds only if it is local.
+pub fn is_local_target(s: &str) -> bool {
+    let Ok((host, _)) = parse_target(s) else { return false };
+    host.parse::<std::net::IpAddr>().is_ok_and(|ip| std::net::UdpSocket::bind((ip, 0)).is_ok())
+}
+
 pub async fn accept_loop(listener: TcpListener, tx: UnboundedSender<Command>) {
     loop {
         match listener.accept().await {

@@ -4,9 +4,11 @@
 //! forwarding table it publishes; the HTTP API reads its status snapshot.
 
 mod conn;
+mod readiness;
 mod snapshot;
 mod startup;
 mod target;
+mod targets_from_kube;
 
 use conn::{classify, send_sleeve_heartbeat, Conn, Origin, Refused, REFUSED_SHOWN_FOR};
 use target::Target;
@@ -67,6 +69,23 @@ struct Core {
     /// Recent handshake failures of inbound connections, by remote IP, so
     /// the refusing side's `weft status` says who was refused and why.
     refused: BTreeMap<std::net::IpAddr, Refused>,
+    /// What the Kubernetes task last told us; None without the API.
+    kube: Option<KubeView>,
+    /// What the NAT task last told us.
+    nat: crate::nat::NatState,
+    /// This node's IPAM ranges, for the NAT rules.
+    nat_tx: tokio::sync::watch::Sender<crate::nat::NatInput>,
+    /// Whether the router is ready (for the Kubernetes task's Node condition
+    /// and the conflist).
+    ready_tx: tokio::sync::watch::Sender<bool>,
+}
+
+/// The Kubernetes API as the core knows it.
+#[derive(Debug, Default)]
+struct KubeView {
+    status: crate::kube::DiscoveryStatus,
+    /// Nodes by name, with their routers' addresses (ours included).
+    nodes: BTreeMap<String, Option<std::net::IpAddr>>,
 }
 
 impl Core {
@@ -233,6 +252,23 @@ impl Core {
                     self.dirty = true;
                 }
             }
+            Command::Kube(crate::kube::KubeEvent::Nodes(nodes)) => {
+                self.kube_nodes(nodes, now);
+                return true;
+            }
+            Command::Kube(crate::kube::KubeEvent::Status(status)) => {
+                if let Some(view) = &mut self.kube {
+                    view.status = status;
+                    self.dirty = true;
+                }
+            }
+            Command::Nat(state) => {
+                self.nat = state;
+                return true;
+            }
+            Command::Ping(reply) => {
+                let _ = reply.send(());
+            }
             // Handled by the run loop before it gets here.
             Command::Shutdown => {}
         }
@@ -271,6 +307,9 @@ impl Core {
                     }
                 }
             }
+            // Our share may have changed: the NAT rules follow it.
+            let local = self.ipam.owned_ranges();
+            self.nat_tx.send_if_modified(|input| std::mem::replace(&mut input.local, local.clone()) != local);
             self.dirty = true;
         }
         if let Some((addr, prefix)) = effects.expose {
@@ -760,12 +799,9 @@ impl Core {
     /// Peer discovery: dial peers we learn about through gossip but have
     /// no connection to, at the addresses other peers reach them on.
     fn refresh_discovery(&mut self, now: Instant) {
-        if !self.cfg.discovery {
-            return;
-        }
         let connected: Vec<PeerName> = self.conns.values().filter_map(|c| c.remote().map(|r| r.name)).collect();
         let mut wanted: HashMap<String, PeerName> = HashMap::new();
-        for p in self.topology.peers() {
+        for p in self.topology.peers().filter(|_| self.cfg.discovery) {
             for c in &p.connections {
                 if c.remote == self.local.name || connected.contains(&c.remote) {
                     continue;
@@ -784,7 +820,9 @@ impl Core {
             }
         }
         // Learned targets go when nobody mentions them and they're idle.
-        self.targets.retain(|key, t| t.user || t.conn.is_some() || t.dialing || wanted.contains_key(key));
+        self.targets.retain(|key, t| {
+            t.user || t.kube_node.is_some() || t.conn.is_some() || t.dialing || wanted.contains_key(key)
+        });
         self.dirty = true;
     }
 
@@ -796,6 +834,7 @@ impl Core {
             return;
         }
         let snap = self.snapshot(now);
+        self.readiness_changed(snap.not_ready.is_empty());
         self.shared.publish_snapshot(snap);
         self.last_publish = Some(now);
         self.dirty = false;

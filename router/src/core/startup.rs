@@ -37,6 +37,12 @@ pub fn run(args: RouterArgs, http_addr: String) -> Result<()> {
 }
 
 async fn serve(mut cfg: Config) -> Result<()> {
+    // The API is asked before the identity is loaded: a data dir whose peer
+    // was reclaimed while the router was away must not come back as it.
+    let kube = crate::kube::Kube::connect(&cfg).await;
+    if let Some(kube) = &kube {
+        kube.guard_reclaimed(&cfg.data_dir).await;
+    }
     let name = crate::identity::load_or_create_name(&cfg.data_dir, cfg.name)?;
     let uid = crate::identity::new_uid();
     let nl = weft_netlink::Netlink::connect().await.context("opening netlink")?;
@@ -136,15 +142,33 @@ async fn serve(mut cfg: Config) -> Result<()> {
     });
 
     let now = Instant::now();
-    let ipam = crate::ipam::IpamService::load(
-        name,
-        &cfg.data_dir,
-        cfg.ipalloc_range,
-        cfg.consensus_count,
-        pod_mtu,
-        &cfg.bridge,
-        now,
-    )?;
+    // With a node list, the initial division waits for it (the quorum comes
+    // from the node count); without one, the peers named at start count.
+    let consensus = match (cfg.ipalloc_init, &kube) {
+        (Some(n), _) => n,
+        (None, Some(_)) => weft_proto::ipam::CONSENSUS_UNKNOWN,
+        (None, None) => cfg.peers.iter().filter(|p| !control::is_local_target(p)).count() + 1,
+    };
+    let ipam =
+        crate::ipam::IpamService::load(name, &cfg.data_dir, cfg.ipalloc_range, consensus, pod_mtu, &cfg.bridge, now)?;
+    let (nat_tx, nat_rx) = tokio::sync::watch::channel(crate::nat::NatInput { local: ipam.owned_ranges() });
+    crate::nat::spawn(
+        crate::nat::NatConfig {
+            enabled: cfg.nat,
+            range: cfg.ipalloc_range,
+            bridge: cfg.bridge.clone(),
+            no_masq_local: cfg.no_masq_local,
+            http_port: cfg.http_addr.port(),
+        },
+        nat_rx,
+        tx.clone(),
+        shared.clone(),
+    );
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let kube_enabled = kube.is_some();
+    if let Some(kube) = kube {
+        kube.spawn(name, tx.clone(), shared.clone(), ready_rx);
+    }
     let fastdp = crate::fastdp::FastDp::new(availability, socket, inherited, name, pod_mtu, now);
     let features = if fastdp.enabled() { weft_proto::control::FEATURE_FASTDP } else { 0 };
     let local = LocalPeer { name, nickname: cfg.nickname.clone(), uid, udp_port: cfg.port, features, encryption };
@@ -169,6 +193,10 @@ async fn serve(mut cfg: Config) -> Result<()> {
         last_publish: None,
         dirty: true,
         refused: BTreeMap::new(),
+        kube: kube_enabled.then(super::KubeView::default),
+        nat: crate::nat::NatState::default(),
+        nat_tx,
+        ready_tx,
         cfg,
     };
     let initial = core.cfg.peers.clone();

@@ -8,6 +8,8 @@ use weft_proto::PeerName;
 pub(super) struct Target {
     /// Named by the user (`weft connect`, command line) rather than learned.
     pub(super) user: bool,
+    /// The Kubernetes Node whose router listens here.
+    pub(super) kube_node: Option<String>,
     pub(super) backoff: Backoff,
     pub(super) next_attempt: Option<Instant>,
     pub(super) dialing: bool,
@@ -23,6 +25,7 @@ impl Target {
     pub(super) fn new(user: bool, now: Instant) -> Self {
         Target {
             user,
+            kube_node: None,
             backoff: Backoff::new(),
             next_attempt: Some(now),
             dialing: false,

@@ -133,6 +133,24 @@ impl IpamService {
         self.ipam.range()
     }
 
+    /// The range has been divided and this peer may allocate.
+    pub fn is_ready(&self) -> bool {
+        self.ipam.is_ready()
+    }
+
+    /// This node's share of the range, `(first, last)` inclusive.
+    pub fn owned_ranges(&self) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+        self.ipam.owned_ranges()
+    }
+
+    /// How many peers the initial division waits for (a majority agrees).
+    pub fn set_consensus_count(&mut self, now: Instant, count: usize) {
+        if !self.ipam.is_ready() && count != self.ipam.consensus_count() {
+            tracing::info!("IPAM: the initial division of {} waits for a majority of {count} nodes", self.range());
+        }
+        self.ipam.set_consensus_count(now, count);
+    }
+
     pub fn gateway(&self) -> Option<Ipv4Addr> {
         self.gateway
     }
