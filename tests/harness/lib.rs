@@ -19,6 +19,8 @@
 //!   (environment, stdin, conflist chaining) inside a node's namespace;
 //!   [`CniPod`]s are namespaces it set up, checked against the router's IPAM
 //!   ([`ipam_lookup`]); [`PodmanNode`] is a real podman per node.
+//! * [`KubeApi`]: a Kubernetes API server double (HTTPS, list/watch, CRUD,
+//!   fault switches, request log) for routers' Kubernetes support.
 //!
 //! Cleanup is by RAII: dropping a `Cluster`, `Pod` or `UnderlayHost` deletes
 //! its namespaces; routers are SIGTERMed then SIGKILLed by PID, and are
@@ -38,6 +40,8 @@ pub mod endpoint;
 pub mod fastdp;
 pub mod http;
 pub mod ipam;
+pub mod kube_api;
+pub mod kube_cluster;
 pub mod metrics;
 pub mod netns;
 pub mod ping;
@@ -67,6 +71,7 @@ pub use ipam::{
     ipalloc_range, ipam_lookup, ipam_status, start_ipam_routers, wait_ipam_ready, wait_ipam_ready_all, IpamStatus,
     Ipv4Net, Lease, IPALLOC_RANGE, IPAM_CONVERGE,
 };
+pub use kube_api::{ApiRequest, KubeApi};
 pub use metrics::{metric_sum, metric_sum_labels, metric_sum_matching};
 pub use netns::{enter_netns, in_netns, spawn_in_netns, Netns};
 pub use ping::{ping, PingStats};
