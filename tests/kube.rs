@@ -425,3 +425,25 @@ fn bail_if_ready(kc: &KubeCluster, i: usize) -> Result<()> {
     ensure!(body.contains("Ready: no"), "{body}");
     Ok(())
 }
+
+#[test]
+fn routers_restarted_while_the_api_is_down_reconnect_from_the_last_node_list() {
+    with_kube(3, 3, |kc| {
+        kc.start_kube_routers(&[0, 1, 2])?;
+        kc.wait_mesh(&[0, 1, 2], CONNECT)?;
+        wait_ring_agreed(kc, &[0, 1, 2], &[], IPAM_CONVERGE)?;
+        for i in 0..3 {
+            kc.stop_router(i)?;
+        }
+        // A cluster-wide restart during an API outage: nobody can list.
+        kc.api.set_down(true)?;
+        kc.start_kube_routers(&[0, 1, 2])?;
+        kc.wait_mesh(&[0, 1, 2], CONNECT)?;
+        wait_discovery_line(kc, 0, "API failing", CONNECT)?;
+        let p = pods(kc, &[0, 2])?;
+        p[0].ping_ok(p[1].ip(), 2, REACH)?;
+        kc.api.set_down(false)?;
+        wait_discovery_line(kc, 0, "kubernetes (3 nodes, synced", CONNECT)?;
+        Ok(())
+    });
+}
