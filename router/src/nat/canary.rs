@@ -344,7 +344,8 @@ pub(super) fn run(
             if left.is_zero() {
                 break;
             }
-            match runtime.block_on(tokio::time::timeout(left, input.changed())) {
+            // The timer must be made inside the runtime's context.
+            match runtime.block_on(async { tokio::time::timeout(left, input.changed()).await }) {
                 Ok(Ok(())) => {
                     let changed = input.borrow_and_update().clone();
                     task.on_input(changed);
