@@ -257,7 +257,20 @@ fn a_forward_policy_of_drop_still_forwards_pod_traffic() {
     with_cluster(2, |c| {
         // Node 0 drops before the router starts (Docker installed first),
         // node 1 only once the routers run (Docker started later).
-        c.node_ns(0).run_ok("iptables", &["-P", "FORWARD", "DROP"])?;
+        // Node 0 also has Docker's own rules, which must stay first.
+        for args in [
+            &["-P", "FORWARD", "DROP"][..],
+            &["-N", "DOCKER-USER"],
+            &["-A", "DOCKER-USER", "-j", "RETURN"],
+            &["-A", "FORWARD", "-j", "DOCKER-USER"],
+            &["-A", "FORWARD", "-o", "docker0", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            &["-A", "FORWARD", "-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT"],
+        ] {
+            c.node_ns(0).run_ok("iptables", args)?;
+        }
+        let docker = "-A FORWARD -j DOCKER-USER\n\
+                      -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+                      -A FORWARD -i docker0 ! -o docker0 -j ACCEPT\n";
         let (rts, _) = setup(c, &[0, 1])?;
         c.node_ns(1).run_ok("iptables", &["-P", "FORWARD", "DROP"])?;
         let a = CniPod::add(c, 0, &rts[0], "a")?;
@@ -272,7 +285,9 @@ fn a_forward_policy_of_drop_still_forwards_pod_traffic() {
                 RESTORE,
             )?;
             let rules = iptables_forward(c, i)?;
-            ensure!(rules == format!("-P FORWARD DROP\n{ACCEPT_IN}\n{ACCEPT_OUT}\n"), "node {i} FORWARD:\n{rules}");
+            let before = if i == 0 { docker } else { "" };
+            let want = format!("-P FORWARD DROP\n{before}{ACCEPT_IN}\n{ACCEPT_OUT}\n");
+            ensure!(rules == want, "node {i} FORWARD:\n{rules}");
             ensure!(metric(c, i, "weft_nat_forward_rules")? == 2.0);
         }
         ensure!(seen(a2.netns(), a.netns(), at(a2.ip()))? == a.ip(), "same-node pods");
