@@ -1,6 +1,6 @@
 //! Kernel network configuration over rtnetlink: links, bridges and their
 //! ports, VXLAN devices, addresses, routes, forwarding-database entries
-//! and link counters.
+//! and link counters; and nftables over its own netlink family ([`nft`]).
 //!
 //! A thin async layer over `rtnetlink`, whose API changes between releases:
 //! everything version-specific stays in this module, and callers see plain
@@ -17,6 +17,7 @@ mod error;
 mod fdb;
 mod link;
 mod netns;
+pub mod nft;
 mod owner_tag;
 mod route;
 mod stats;

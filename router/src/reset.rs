@@ -1,7 +1,9 @@
 //! `weft reset`: undoes what weft set up on this node. Stops a running
 //! router through its API, deletes the devices the router and weft-net
-//! made, and removes the router's persisted state, so that the next start
-//! is a fresh peer. Safe to repeat: what is already gone is not an error.
+//! made, weft's nftables table and the accept rules it added to iptables'
+//! FORWARD chain, and removes the router's persisted state, so that the
+//! next start is a fresh peer. Safe to repeat: what is already gone is not
+//! an error.
 
 use std::fmt::Display;
 use std::io;
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use weft_netlink::nft::NftSocket;
 use weft_netlink::{is_pod_veth_tag, LinkDetails, LinkKind, Netlink, NetlinkError};
 
 use crate::devices::{is_router_alias, tap_name, vxlan_name};
@@ -44,6 +47,7 @@ pub fn run(args: ResetArgs, http_addr: &str) -> Result<()> {
         (tally, listed)
     })?;
     listed.context("listing this node's network devices")?;
+    remove_nat(&mut tally);
     let data_dir = args.data_dir.unwrap_or_else(crate::config::default_data_dir);
     remove_state(&data_dir, &mut tally);
     tally.finish()
@@ -135,6 +139,37 @@ async fn remove_links(nl: &Netlink, bridge: &str, tally: &mut Tally) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Deletes `table ip weft` and weft's rules in `ip filter FORWARD` (the
+/// router keeps both across restarts, so only reset removes them).
+fn remove_nat(tally: &mut Tally) {
+    let unsupported =
+        |err: &NetlinkError| matches!(err.errno(), Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT));
+    let mut sock = match NftSocket::open() {
+        Ok(sock) => sock,
+        Err(err) => {
+            tally.failed("weft's nftables rules (opening the netlink socket)", err);
+            return;
+        }
+    };
+    match crate::nat::apply::remove(&mut sock) {
+        Ok(true) => tally.removed(format!("nftables table ip {}", crate::nat::ruleset::TABLE)),
+        Ok(false) => {}
+        Err(err) if unsupported(&err) => {
+            println!("no nftables in this kernel: no weft rules to remove");
+            return;
+        }
+        Err(err) => tally.failed(format!("nftables table ip {}", crate::nat::ruleset::TABLE), err),
+    }
+    match crate::nat::forward::remove_all(&mut sock) {
+        Ok(handles) => {
+            for handle in handles {
+                tally.removed(format!("accept rule {handle} of weft in iptables' ip filter FORWARD"));
+            }
+        }
+        Err(err) => tally.failed("weft's accept rules in ip filter FORWARD", err),
+    }
 }
 
 /// The link called `name` if it is of kind `wanted`; says so if one of
