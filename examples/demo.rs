@@ -188,7 +188,7 @@ fn ping_matrix(pods: &[CniPod]) -> Result<Vec<Vec<Option<PingStats>>>> {
 }
 
 fn print_matrix(pods: &[CniPod], matrix: &[Vec<Option<PingStats>>]) {
-    const W: usize = 11;
+    const W: usize = 15;
     println!("\nping -c {PINGS}: replies received (row = from, column = to)");
     print!("{:>W$} ", "from \\ to");
     for p in pods {

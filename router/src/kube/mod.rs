@@ -29,6 +29,8 @@ use crate::config::Config;
 use crate::shared::Shared;
 
 pub use metrics::KubeMetrics;
+pub(crate) use nodes::CACHE_FILE as NODES_CACHE_FILE;
+pub(crate) use stale_identity::MARKER_FILE;
 
 /// What the Kubernetes task tells the core.
 #[derive(Debug)]
