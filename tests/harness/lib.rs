@@ -19,6 +19,8 @@
 //!   (environment, stdin, conflist chaining) inside a node's namespace;
 //!   [`CniPod`]s are namespaces it set up, checked against the router's IPAM
 //!   ([`ipam_lookup`]); [`PodmanNode`] is a real podman per node.
+//! * [`Manifest`] is `deploy/weft.yaml` typed; [`DaemonSetPod`] runs its
+//!   DaemonSet's pod on a node under podman exactly as a kubelet would.
 //!
 //! Cleanup is by RAII: dropping a `Cluster`, `Pod` or `UnderlayHost` deletes
 //! its namespaces; routers are SIGTERMed then SIGKILLed by PID, and are
@@ -34,10 +36,12 @@ pub mod cmd;
 pub mod cni;
 pub mod cni_pod;
 pub mod cni_result;
+pub mod daemonset;
 pub mod endpoint;
 pub mod fastdp;
 pub mod http;
 pub mod ipam;
+pub mod manifest;
 pub mod metrics;
 pub mod netns;
 pub mod ping;
@@ -61,12 +65,14 @@ pub use cni::{
 };
 pub use cni_pod::{CniPod, POD_IFNAME};
 pub use cni_result::CniResult;
+pub use daemonset::{container_run, ContainerRun, DaemonSetPod, InClusterApi, PodContext, SERVICE_ACCOUNT_MOUNT};
 pub use endpoint::{Endpoint, Pod, PodSpec, UnderlayHost};
 pub use http::http_request;
 pub use ipam::{
     ipalloc_range, ipam_lookup, ipam_status, start_ipam_routers, wait_ipam_ready, wait_ipam_ready_all, IpamStatus,
     Ipv4Net, Lease, IPALLOC_RANGE, IPAM_CONVERGE,
 };
+pub use manifest::{weft_manifest_path, workspace_version, Manifest};
 pub use metrics::{metric_sum, metric_sum_labels, metric_sum_matching};
 pub use netns::{enter_netns, in_netns, spawn_in_netns, Netns};
 pub use ping::{ping, PingStats};
