@@ -15,6 +15,7 @@ pub mod icmp;
 pub mod ipam;
 pub mod mac_table;
 pub mod peer_name;
+pub mod reclaim;
 pub mod sleeve;
 pub mod topology;
 

@@ -70,6 +70,13 @@ pub enum Command {
     Nat(crate::nat::NatState),
     /// The liveness probe: answered as soon as the core's loop turns.
     Ping(oneshot::Sender<()>),
+    /// The peers the topology reaches now (for the reclaimer).
+    Reachable(oneshot::Sender<std::collections::BTreeSet<PeerName>>),
+    /// Retire a dead peer's IPAM space (the reclaimer holds its claim).
+    Reclaim {
+        peer: PeerName,
+        reply: oneshot::Sender<crate::ipam::ReclaimOutcome>,
+    },
 }
 
 /// A UDP heartbeat seen by the data path, for the connection it belongs to.

@@ -60,6 +60,14 @@ impl Shared {
         let _ = self.commands.send(cmd);
     }
 
+    /// Asks the core and waits for its answer; None when the core is gone
+    /// (the router is stopping).
+    pub async fn ask<T>(&self, make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands.send(make(tx)).ok()?;
+        rx.await.ok()
+    }
+
     pub fn lock_macs(&self) -> std::sync::MutexGuard<'_, MacTable> {
         self.macs.lock().unwrap_or_else(|e| e.into_inner())
     }

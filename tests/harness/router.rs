@@ -109,14 +109,39 @@ pub fn spawn_router(
     Ok(RouterProcess { child, started: Instant::now() })
 }
 
-/// Removes inherited `WEFT_*` variables: the router reads its options from
-/// them, and a stray one in the tester's shell must not change a test.
+/// Variables the router reads besides `WEFT_*`: Weave's names, the node's
+/// identity and Kubernetes credentials.
+const ROUTER_ENV: &[&str] = &[
+    "IPALLOC_RANGE",
+    "IPALLOC_INIT",
+    "CONN_LIMIT",
+    "WEAVE_MTU",
+    "WEAVE_NO_FASTDP",
+    "WEAVE_PASSWORD",
+    "WEAVE_HTTP_ADDR",
+    "NO_MASQ_LOCAL",
+    "EXTRA_ARGS",
+    "KUBE_PEERS",
+    "NODE_NAME",
+    "HOSTNAME",
+    "POD_NAMESPACE",
+    "KUBECONFIG",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+];
+
+/// Removes inherited variables the router reads its options from (`WEFT_*`
+/// and [`ROUTER_ENV`]), so a stray one in the tester's shell (a KUBECONFIG,
+/// say) can't change a test; and points HOME at nothing so that no
+/// `~/.kube/config` is found either. Tests set what they mean explicitly.
 pub fn scrub_weft_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("WEFT_") {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("WEFT_") || ROUTER_ENV.contains(&key_text.as_ref()) {
             cmd.env_remove(&key);
         }
     }
+    cmd.env("HOME", "/nonexistent");
 }
 
 /// Appends a harness marker line to a node log (so restarts and signals are

@@ -70,11 +70,9 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
 /// wedged router), never because of peers, the API or IPAM, so that a
 /// partition does not get routers restarted.
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let (tx, rx) = oneshot::channel();
-    s.command(Command::Ping(tx));
-    match tokio::time::timeout(LIVENESS_TIMEOUT, rx).await {
-        Ok(Ok(())) => text("ok\n".to_string()),
-        Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "the router's core has stopped\n").into_response(),
+    match tokio::time::timeout(LIVENESS_TIMEOUT, s.ask(Command::Ping)).await {
+        Ok(Some(())) => text("ok\n".to_string()),
+        Ok(None) => (StatusCode::SERVICE_UNAVAILABLE, "the router's core has stopped\n").into_response(),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the router's core did not answer within {}s\n", LIVENESS_TIMEOUT.as_secs()),
@@ -120,9 +118,7 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Asks the core and waits for its answer.
 async fn ask<T>(s: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
-    let (tx, rx) = oneshot::channel();
-    s.command(make(tx));
-    rx.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "weft router is shutting down"))
+    s.ask(make).await.ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "weft router is shutting down"))
 }
 
 /// Admits only requests from processes on this node: the IPAM endpoints

@@ -19,6 +19,7 @@ use crate::command::{Command, Heartbeat, SleeveHeartbeat};
 use crate::config::Config;
 use crate::control::{self, canonical_target};
 use crate::datapath::{Forwarding, Neighbour};
+use crate::ipam::ReclaimOutcome;
 use crate::metrics::ConnFailure;
 use crate::shared::Shared;
 use anyhow::Result;
@@ -269,6 +270,15 @@ impl Core {
             Command::Ping(reply) => {
                 let _ = reply.send(());
             }
+            Command::Reachable(reply) => {
+                let routes = self.topology.routes();
+                let reachable = self.topology.peers().map(|p| p.name).filter(|p| routes.reachable(*p)).collect();
+                let _ = reply.send(reachable);
+            }
+            Command::Reclaim { peer, reply } => {
+                let _ = reply.send(self.retire(peer, now));
+                return true;
+            }
             // Handled by the run loop before it gets here.
             Command::Shutdown => {}
         }
@@ -285,13 +295,29 @@ impl Core {
             (Err(_), []) => return Err(format!("no peer named or nicknamed {peer:?}")),
             (Err(_), _) => return Err(format!("several peers are nicknamed {peer:?}: give the peer name")),
         };
+        match self.retire(name, now) {
+            ReclaimOutcome::Reachable if self.is_connected(name) => {
+                Err(format!("{name} is connected to us: stop its router before removing it"))
+            }
+            outcome @ (ReclaimOutcome::Removed { .. } | ReclaimOutcome::AlreadyRemoved) => Ok(outcome.describe(name)),
+            outcome => Err(outcome.describe(name)),
+        }
+    }
+
+    /// `rmpeer` for the CLI and the Kubernetes reclaimer: only for a peer
+    /// that is neither us nor connected to us.
+    fn retire(&mut self, name: PeerName, now: Instant) -> ReclaimOutcome {
         if name == self.local.name {
-            return Err("refusing to remove ourselves".to_string());
+            return ReclaimOutcome::Refused("refusing to remove ourselves".to_string());
         }
-        if self.conns.values().any(|c| c.remote().is_some_and(|r| r.name == name)) {
-            return Err(format!("{name} is connected to us: stop its router before removing it"));
+        if self.is_connected(name) {
+            return ReclaimOutcome::Reachable;
         }
-        self.ipam.rmpeer(now, name).map_err(|e| format!("{e:#}"))
+        self.ipam.retire(now, name)
+    }
+
+    fn is_connected(&self, name: PeerName) -> bool {
+        self.conns.values().any(|c| c.remote().is_some_and(|r| r.name == name))
     }
 
     /// Lets IPAM retry waiting requests, then carries out what it asks:

@@ -29,6 +29,41 @@ pub struct Lease {
     pub bridge: String,
 }
 
+/// What retiring a dead peer (`rmpeer`) came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReclaimOutcome {
+    /// Tombstoned now; this many of its addresses came to us at once (its
+    /// other heirs take the rest as the tombstone reaches them).
+    Removed {
+        taken_over: u64,
+    },
+    AlreadyRemoved,
+    /// IPAM never heard of it (it never took part).
+    Unknown,
+    /// It is reachable: only peers gone for good are removed.
+    Reachable,
+    Refused(String),
+}
+
+impl ReclaimOutcome {
+    pub fn describe(&self, name: PeerName) -> String {
+        match self {
+            ReclaimOutcome::Removed { taken_over: 0 } => {
+                format!("{name} removed; its space goes to the peers next to it in the ring")
+            }
+            ReclaimOutcome::Removed { taken_over } => {
+                format!("{name} removed; {taken_over} of its addresses taken over by this peer")
+            }
+            ReclaimOutcome::AlreadyRemoved => format!("{name} was already removed"),
+            ReclaimOutcome::Unknown => format!("peer {name} is unknown to IPAM"),
+            ReclaimOutcome::Reachable => {
+                format!("peer {name} is reachable: only remove peers that are gone for good")
+            }
+            ReclaimOutcome::Refused(why) => why.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum IpamReply {
     Ok(Lease),
@@ -222,13 +257,16 @@ impl IpamService {
         stale.iter().map(|(id, ifname)| self.ipam.release(id, Some(ifname))).sum()
     }
 
-    pub fn rmpeer(&mut self, now: Instant, name: PeerName) -> Result<String> {
-        let outcome = self.ipam.rmpeer(now, name).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(match (outcome.newly_tombstoned, outcome.addresses_taken_over) {
-            (false, _) => format!("{name} was already removed"),
-            (true, 0) => format!("{name} removed; its space goes to the peers next to it in the ring"),
-            (true, n) => format!("{name} removed; {n} of its addresses taken over by this peer"),
-        })
+    /// Tombstones a dead peer so its space goes to its heirs (`rmpeer`).
+    pub fn retire(&mut self, now: Instant, name: PeerName) -> ReclaimOutcome {
+        use weft_proto::ipam::RmpeerError;
+        match self.ipam.rmpeer(now, name) {
+            Ok(o) if o.newly_tombstoned => ReclaimOutcome::Removed { taken_over: o.addresses_taken_over },
+            Ok(_) => ReclaimOutcome::AlreadyRemoved,
+            Err(RmpeerError::UnknownPeer(_)) => ReclaimOutcome::Unknown,
+            Err(RmpeerError::Reachable(_)) => ReclaimOutcome::Reachable,
+            Err(err) => ReclaimOutcome::Refused(err.to_string()),
+        }
     }
 
     pub fn handle_gossip(&mut self, now: Instant, bytes: &[u8]) -> Result<bool> {

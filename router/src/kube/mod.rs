@@ -1,10 +1,22 @@
 //! Kubernetes: node discovery, the peer map and reclaiming deleted nodes'
-//! addresses, the Node's network condition. One task, talking to the core
-//! through `Command::Kube`; the data plane never waits on the API.
+//! addresses, the Node's network condition. Each is a task of its own that
+//! talks to the core through `Command`s; the data plane never waits on the
+//! API (when it is down, slow or failing, current peers and connections
+//! stay and only discovery and reclaim wait).
+
+mod client;
+mod condition;
+mod errors;
+mod metrics;
+mod nodes;
+mod peer_map;
+mod reclaim;
+mod stale_identity;
+mod watch_loop;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,29 +28,7 @@ use crate::command::Command;
 use crate::config::Config;
 use crate::shared::Shared;
 
-/// A connection to the Kubernetes API, found the way kubectl finds one.
-#[derive(Debug)]
-pub struct Kube {}
-
-impl Kube {
-    /// None when the API is turned off or no credentials are found.
-    pub async fn connect(_cfg: &Config) -> Option<Kube> {
-        None
-    }
-
-    /// Wipes the data dir's identity if our peer was reclaimed while away.
-    pub async fn guard_reclaimed(&self, _data_dir: &Path) {}
-
-    /// Starts the Kubernetes task.
-    pub fn spawn(
-        self,
-        _name: PeerName,
-        _commands: UnboundedSender<Command>,
-        _shared: Arc<Shared>,
-        _ready: watch::Receiver<bool>,
-    ) {
-    }
-}
+pub use metrics::KubeMetrics;
 
 /// What the Kubernetes task tells the core.
 #[derive(Debug)]
@@ -53,18 +43,111 @@ pub enum KubeEvent {
 /// The API as the node watcher last saw it, for `weft status`.
 #[derive(Debug, Clone, Default)]
 pub struct DiscoveryStatus {
-    /// Nodes in the last list (ours included).
+    /// Nodes in the node list (ours included).
     pub nodes: usize,
-    /// When the node list was last confirmed by the API.
+    /// When the API last confirmed the node list (a list or a change).
     pub synced_at: Option<Instant>,
     /// The current problem, if the API is failing; with when it started.
     pub error: Option<(String, Instant)>,
 }
 
-/// Counters of the Kubernetes task for `/metrics`.
-#[derive(Debug, Default)]
-pub struct KubeMetrics {}
+/// A connection to the Kubernetes API, found the way kubectl finds one,
+/// and what the router needs to know to use it.
+pub struct Kube {
+    client: ::kube::Client,
+    /// Namespace of weft's own objects (the peer map).
+    namespace: String,
+    /// This node's name.
+    node: String,
+    nickname: String,
+    node_selector: Option<String>,
+    data_dir: PathBuf,
+}
 
-impl KubeMetrics {
-    pub fn render(&self, _out: &mut String) {}
+impl std::fmt::Debug for Kube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kube").field("namespace", &self.namespace).field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+impl Kube {
+    /// None when the API is turned off or no credentials are found; the
+    /// router then works from the peers it is given, as before.
+    pub async fn connect(cfg: &Config) -> Option<Kube> {
+        if !cfg.kube {
+            tracing::info!("Kubernetes API not used (--no-kube)");
+            return None;
+        }
+        match client::connect(cfg.kube_namespace.as_deref()).await {
+            Ok(Some(found)) => {
+                tracing::info!(
+                    "Kubernetes API at {} ({}); this is node {:?}, weft's objects in namespace {:?}",
+                    found.url,
+                    found.source,
+                    cfg.node_name,
+                    found.namespace
+                );
+                Some(Kube {
+                    client: found.client,
+                    namespace: found.namespace,
+                    node: cfg.node_name.clone(),
+                    nickname: cfg.nickname.clone(),
+                    node_selector: cfg.kube_node_selector.clone(),
+                    data_dir: cfg.data_dir.clone(),
+                })
+            }
+            Ok(None) => {
+                tracing::info!(
+                    "no Kubernetes credentials (no in-cluster service account, no KUBECONFIG): \
+                     peers come from the command line, `weft connect` and gossip"
+                );
+                None
+            }
+            Err(err) => {
+                tracing::error!("Kubernetes credentials found but unusable, running without the API: {err:#}");
+                None
+            }
+        }
+    }
+
+    /// Forgets the data dir's identity if our peer was reclaimed while the
+    /// router was away, so it comes back as a new peer.
+    pub async fn guard_reclaimed(&self, data_dir: &Path) {
+        stale_identity::guard(&self.client, &self.namespace, data_dir).await;
+    }
+
+    /// Starts the Kubernetes tasks: the node watcher (targets and the IPAM
+    /// quorum for the core), the peer map watcher, the reclaimer and the
+    /// Node condition.
+    pub fn spawn(
+        self,
+        name: PeerName,
+        commands: UnboundedSender<Command>,
+        shared: Arc<Shared>,
+        ready: watch::Receiver<bool>,
+    ) {
+        let (nodes_tx, nodes_rx) = watch::channel(nodes::NodeList::default());
+        let (map_tx, map_rx) = watch::channel(peer_map::MapView::default());
+        tokio::spawn(nodes::run(
+            self.client.clone(),
+            self.node_selector.clone(),
+            commands.clone(),
+            nodes_tx,
+            shared.clone(),
+        ));
+        tokio::spawn(peer_map::watch(self.client.clone(), self.namespace.clone(), map_tx, shared.clone()));
+        let me = reclaim::Me { peer: name, node: self.node.clone(), nickname: self.nickname.clone() };
+        tokio::spawn(reclaim::run(
+            reclaim::Context {
+                client: self.client.clone(),
+                namespace: self.namespace,
+                data_dir: self.data_dir,
+                me,
+                shared,
+            },
+            nodes_rx,
+            map_rx,
+        ));
+        tokio::spawn(condition::run(self.client, self.node, ready));
+    }
 }
