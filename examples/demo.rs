@@ -1,7 +1,10 @@
 //! weft in miniature: three nodes in network namespaces, each running
-//! `weft router` with two pods on its bridge; every pod pings every other
-//! pod, and the routers' status is printed. Everything is removed at the end,
-//! also after Ctrl-C.
+//! `weft router`; two pods per node attached by the `weft-net` CNI plugin
+//! exactly as a container runtime runs it (the real conflist, addresses from
+//! weft's cluster-wide IPAM); every pod pings every other pod and a host
+//! outside the pod network (through the node's masquerade), and the
+//! routers' status is printed. Everything is removed at the end, also after
+//! Ctrl-C.
 //!
 //! `cargo build --release --bins && cargo run --release --example demo`
 //! (as root; `WEFT_BIN` may point at another `weft`; with `WEFT_PASSWORD`
@@ -76,11 +79,12 @@ fn main() -> ExitCode {
 }
 
 fn demo(c: &Cluster) -> Result<()> {
-    println!("weft demo: {NODES} nodes on underlay 172.31.0.0/24, {PODS_PER_NODE} pods each in 10.32.0.0/12");
+    println!("weft demo: {NODES} nodes on underlay 172.31.0.0/24, {PODS_PER_NODE} pods each from {IPALLOC_RANGE}");
     for i in 0..NODES {
-        // Nodes 1.. know only node 0; the rest comes from gossip.
-        let peers: &[usize] = if i == 0 { &[] } else { &[0] };
-        c.start_router(i, &[], peers)?;
+        // Each router is told about the others, as KUBE_PEERS would: the
+        // range is divided once a majority of the three agree.
+        let peers: Vec<usize> = (0..NODES).filter(|&p| p != i).collect();
+        c.start_router(i, &["--ipalloc-range", IPALLOC_RANGE], &peers)?;
         println!("  node{i}: namespace {}, underlay {}, weft router started", c.node_ns(i).name(), c.node_ip(i));
     }
     let start = Instant::now();
@@ -98,14 +102,21 @@ fn demo(c: &Cluster) -> Result<()> {
     .context("routers did not form a full mesh")?;
     println!("routers converged into a full mesh in {:.1?}", start.elapsed());
 
+    // The plugin as a runtime runs it: deploy/'s conflist (weft-net, then
+    // portmap), CNI_* environment, config on stdin, in the node namespace.
+    let bins = CniBinDir::create(&c.dir().join("cni-bin"), &["portmap"])?;
     let mut pods = Vec::new();
     for node in 0..NODES {
+        let rt = CniRuntime::new(c.node_ns(node), bins.clone(), NetworkConfig::weft_template()?);
         for k in 0..PODS_PER_NODE {
             check_interrupt()?;
-            pods.push(c.add_pod(node, pod_ip(node, k))?);
+            pods.push(CniPod::add(c, node, &rt, &format!("d{node}{k}"))?);
         }
     }
-    println!("{} pods attached (MTU {})", pods.len(), pods[0].mtu());
+    println!("{} pods attached by weft-net; addresses from weft's IPAM:", pods.len());
+    for p in &pods {
+        println!("  node{}: {} ({})", p.node(), p.ip(), p.container_id());
+    }
     // First contact resolves ARP across the overlay; not part of the table.
     for p in &pods[1..] {
         check_interrupt()?;
@@ -117,7 +128,23 @@ fn demo(c: &Cluster) -> Result<()> {
     check_interrupt()?;
     print_matrix(&pods, &matrix);
 
-    for args in [&["status"][..], &["status", "connections"][..]] {
+    // A host on the underlay with no route to the pod range: pods reach it
+    // through their node's masquerade, and it sees the node's address.
+    let outside = c.add_underlay_host()?;
+    let from = &pods[PODS_PER_NODE];
+    from.wait_reachable(outside.ip(), Duration::from_secs(10))?;
+    let egress = from.ping(outside.ip(), PINGS)?;
+    println!(
+        "\npod {} on node{} -> outside host {}: {}/{} replies (masqueraded to the node's {})",
+        from.ip(),
+        from.node(),
+        outside.ip(),
+        egress.received,
+        egress.transmitted,
+        c.node_ip(from.node())
+    );
+
+    for args in [&["status"][..], &["status", "connections"][..], &["status", "ipam"][..]] {
         check_interrupt()?;
         println!("\n$ ip netns exec {} weft {}", c.node_ns(0).name(), args.join(" "));
         print!("{}", c.weft_cli_ok(0, args)?);
@@ -127,12 +154,15 @@ fn demo(c: &Cluster) -> Result<()> {
     if failed > 0 {
         bail!("{failed} pod pairs did not ping cleanly");
     }
+    if !egress.all_received() {
+        bail!("the pod could not reach the outside host cleanly: {egress:?}");
+    }
     Ok(())
 }
 
 /// `matrix[i][j]`: pings from pod i to pod j (`None` on the diagonal), one
 /// thread per source pod.
-fn ping_matrix(pods: &[Pod]) -> Result<Vec<Vec<Option<PingStats>>>> {
+fn ping_matrix(pods: &[CniPod]) -> Result<Vec<Vec<Option<PingStats>>>> {
     std::thread::scope(|s| {
         let rows: Vec<_> = pods
             .iter()
@@ -157,7 +187,7 @@ fn ping_matrix(pods: &[Pod]) -> Result<Vec<Vec<Option<PingStats>>>> {
     })
 }
 
-fn print_matrix(pods: &[Pod], matrix: &[Vec<Option<PingStats>>]) {
+fn print_matrix(pods: &[CniPod], matrix: &[Vec<Option<PingStats>>]) {
     const W: usize = 11;
     println!("\nping -c {PINGS}: replies received (row = from, column = to)");
     print!("{:>W$} ", "from \\ to");

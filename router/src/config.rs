@@ -79,6 +79,10 @@ pub struct RouterArgs {
     /// credentials are found (in-cluster service account, KUBECONFIG).
     #[arg(long, env = "WEFT_NO_KUBE")]
     pub no_kube: bool,
+    /// Use this kubeconfig file for the Kubernetes API (default: the pod's
+    /// service account, else KUBECONFIG, else ~/.kube/config).
+    #[arg(long, env = "WEFT_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Namespace of weft's own API objects (peer map). Default: POD_NAMESPACE,
     /// else the service account's namespace, else "weft".
     #[arg(long, env = "WEFT_KUBE_NAMESPACE")]
@@ -130,6 +134,7 @@ pub struct Config {
     /// This node's name (for Kubernetes).
     pub node_name: String,
     pub kube: bool,
+    pub kubeconfig: Option<PathBuf>,
     pub kube_namespace: Option<String>,
     pub kube_node_selector: Option<String>,
     pub nat: bool,
@@ -266,6 +271,7 @@ impl Config {
             ipalloc_init,
             node_name,
             kube: !args.no_kube,
+            kubeconfig: args.kubeconfig,
             kube_namespace: args.kube_namespace,
             kube_node_selector: args.kube_node_selector.filter(|s| !s.trim().is_empty()),
             nat: !args.no_nat,

@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the router daemon on this node.
-    Router(config::RouterArgs),
+    Router(Box<config::RouterArgs>),
     /// Show the router's status, like `weave status`.
     Status {
         #[arg(value_enum)]
@@ -69,7 +69,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(config::weave_env_args(std::env::args_os().collect()));
     let result = match cli.command {
-        Command::Router(args) => core::run(args, cli.http_addr),
+        Command::Router(args) => core::run(*args, cli.http_addr),
         Command::Status { what } => cli::status(&cli.http_addr, what),
         Command::Report => cli::report(&cli.http_addr),
         Command::Connect { replace, peers } => cli::connect(&cli.http_addr, &peers, replace),

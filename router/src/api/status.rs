@@ -60,7 +60,7 @@ impl DiscoveryView {
     pub fn describe(&self) -> String {
         let st = &self.status;
         let ago = |t: std::time::Instant| secs(t.elapsed().as_secs());
-        match (&st.error, st.synced_at) {
+        match (&st.error, st.synced_at()) {
             (None, Some(at)) => format!("kubernetes ({} nodes, synced {} ago)", st.nodes, ago(at)),
             (None, None) => "kubernetes (listing nodes)".to_string(),
             (Some((err, since)), Some(at)) => {

@@ -85,8 +85,6 @@ struct Core {
 #[derive(Debug, Default)]
 struct KubeView {
     status: crate::kube::DiscoveryStatus,
-    /// Nodes by name, with their routers' addresses (ours included).
-    nodes: BTreeMap<String, Option<std::net::IpAddr>>,
 }
 
 impl Core {

@@ -12,7 +12,7 @@ impl Core {
             why.push("NAT rules not applied yet".to_string());
         }
         if let Some(kube) = &self.kube {
-            let synced = kube.status.synced_at.is_some();
+            let synced = kube.status.listed;
             // Started while the API is down: with a divided range and the
             // peers we know, the node can carry traffic, degraded.
             let degraded = kube.status.error.is_some() && self.ipam.is_ready();

@@ -12,7 +12,9 @@ impl Core {
     /// address stops being one, and the initial IPAM division waits for a
     /// majority of the nodes.
     pub(super) fn kube_nodes(&mut self, nodes: BTreeMap<String, Option<IpAddr>>, now: Instant) {
-        let Some(view) = &mut self.kube else { return };
+        if self.kube.is_none() {
+            return;
+        }
         let wanted: BTreeMap<String, String> = nodes
             .iter()
             .filter(|(node, _)| **node != self.cfg.node_name)
@@ -22,7 +24,6 @@ impl Core {
         // The node will run pods: agree on the division now, not at the
         // first pod (the router isn't ready before).
         self.ipam.want();
-        view.nodes = nodes;
         for (key, t) in self.targets.iter_mut() {
             if t.kube_node.is_some() && !wanted.contains_key(key) {
                 tracing::info!(

@@ -45,16 +45,28 @@ pub enum KubeEvent {
 pub struct DiscoveryStatus {
     /// Nodes in the node list (ours included).
     pub nodes: usize,
-    /// When the API last confirmed the node list (a list or a change).
-    pub synced_at: Option<Instant>,
+    /// A complete node list has arrived (since the router started).
+    pub listed: bool,
     /// The current problem, if the API is failing; with when it started.
     pub error: Option<(String, Instant)>,
+    /// When the API last answered a request of ours, shared with the client.
+    pub answered: Arc<client::LastAnswer>,
+}
+
+impl DiscoveryStatus {
+    /// When the node list was last known current: the API's last answer
+    /// (each watch is re-opened every minute, so a healthy watch keeps
+    /// this within a minute), once a list has arrived.
+    pub fn synced_at(&self) -> Option<Instant> {
+        self.answered.get().filter(|_| self.listed)
+    }
 }
 
 /// A connection to the Kubernetes API, found the way kubectl finds one,
 /// and what the router needs to know to use it.
 pub struct Kube {
     client: ::kube::Client,
+    answered: Arc<client::LastAnswer>,
     /// Namespace of weft's own objects (the peer map).
     namespace: String,
     /// This node's name.
@@ -78,7 +90,7 @@ impl Kube {
             tracing::info!("Kubernetes API not used (--no-kube)");
             return None;
         }
-        match client::connect(cfg.kube_namespace.as_deref()).await {
+        match client::connect(cfg.kubeconfig.as_deref(), cfg.kube_namespace.as_deref()).await {
             Ok(Some(found)) => {
                 tracing::info!(
                     "Kubernetes API at {} ({}); this is node {:?}, weft's objects in namespace {:?}",
@@ -89,6 +101,7 @@ impl Kube {
                 );
                 Some(Kube {
                     client: found.client,
+                    answered: found.answered,
                     namespace: found.namespace,
                     node: cfg.node_name.clone(),
                     nickname: cfg.nickname.clone(),
@@ -130,6 +143,7 @@ impl Kube {
         let (map_tx, map_rx) = watch::channel(peer_map::MapView::default());
         tokio::spawn(nodes::run(
             self.client.clone(),
+            self.answered.clone(),
             self.node_selector.clone(),
             commands.clone(),
             nodes_tx,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher;
@@ -12,14 +12,11 @@ use kube::{Api, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
+use super::client::LastAnswer;
 use super::watch_loop::{watch_forever, Update, WATCH_TIMEOUT_SECS};
 use super::{DiscoveryStatus, KubeEvent};
 use crate::command::Command;
 use crate::shared::Shared;
-
-/// "Synced" times reach the core at most this often (busy clusters update
-/// some Node every second; the core only needs the gist).
-const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// The node list as the reclaimer sees it.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +29,7 @@ pub(super) struct NodeList {
 
 pub(super) async fn run(
     client: kube::Client,
+    answered: Arc<LastAnswer>,
     selector: Option<String>,
     commands: UnboundedSender<Command>,
     out: watch::Sender<NodeList>,
@@ -43,43 +41,40 @@ pub(super) async fn run(
         config = config.labels(selector);
     }
     let mut list = NodeList::default();
-    let mut status = DiscoveryStatus::default();
-    let mut status_sent: Option<Instant> = None;
+    let mut status = DiscoveryStatus { answered, ..DiscoveryStatus::default() };
     watch_forever(api, config, "nodes", &shared.kube_metrics, |update| {
-        let now = Instant::now();
+        let before = (list.nodes.len(), status.listed, status.error.is_some());
         let changed = match update {
             Update::Listed(nodes) => {
                 let fresh: BTreeMap<String, Option<IpAddr>> =
                     nodes.iter().map(|n| (n.name_any(), address(n))).collect();
                 let changed = !list.current || fresh != list.nodes;
                 list = NodeList { current: true, nodes: fresh };
+                status.listed = true;
                 status.error = None;
-                status_sent = None;
                 changed
             }
-            Update::Applied(node) => list.nodes.insert(node.name_any(), address(&node)) != Some(address(&node)),
+            Update::Applied(node) => {
+                let addr = address(&node);
+                list.nodes.insert(node.name_any(), addr) != Some(addr)
+            }
             Update::Deleted(node) => list.nodes.remove(&node.name_any()).is_some(),
             Update::Failed(err) => {
-                let since = status.error.as_ref().map_or(now, |(_, since)| *since);
+                let since = status.error.as_ref().map_or_else(Instant::now, |(_, since)| *since);
                 status.error = Some((err, since));
-                status_sent = None;
                 list.current = false;
                 out.send_replace(list.clone());
                 false
             }
         };
-        if status.error.is_none() {
-            status.synced_at = Some(now);
-        }
         status.nodes = list.nodes.len();
         shared.kube_metrics.nodes_synced(list.nodes.len(), status.error.is_none());
         if changed {
             let _ = commands.send(Command::Kube(KubeEvent::Nodes(list.nodes.clone())));
             out.send_replace(list.clone());
         }
-        if changed || status_sent.is_none_or(|at| now.duration_since(at) >= STATUS_EVERY) {
+        if before != (list.nodes.len(), status.listed, status.error.is_some()) || status.error.is_some() {
             let _ = commands.send(Command::Kube(KubeEvent::Status(status.clone())));
-            status_sent = Some(now);
         }
     })
     .await;
