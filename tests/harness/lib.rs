@@ -21,6 +21,8 @@
 //!   ([`ipam_lookup`]); [`PodmanNode`] is a real podman per node.
 //! * [`Manifest`] is `deploy/weft.yaml` typed; [`DaemonSetPod`] runs its
 //!   DaemonSet's pod on a node under podman exactly as a kubelet would.
+//! * [`KubeApi`]: a Kubernetes API server double (HTTPS, list/watch, CRUD,
+//!   fault switches, request log) for routers' Kubernetes support.
 //!
 //! Cleanup is by RAII: dropping a `Cluster`, `Pod` or `UnderlayHost` deletes
 //! its namespaces; routers are SIGTERMed then SIGKILLed by PID, and are
@@ -41,6 +43,8 @@ pub mod endpoint;
 pub mod fastdp;
 pub mod http;
 pub mod ipam;
+pub mod kube_api;
+pub mod kube_cluster;
 pub mod manifest;
 pub mod metrics;
 pub mod netns;
@@ -72,6 +76,7 @@ pub use ipam::{
     ipalloc_range, ipam_lookup, ipam_status, start_ipam_routers, wait_ipam_ready, wait_ipam_ready_all, IpamStatus,
     Ipv4Net, Lease, IPALLOC_RANGE, IPAM_CONVERGE,
 };
+pub use kube_api::{ApiRequest, KubeApi};
 pub use manifest::{weft_manifest_path, workspace_version, Manifest};
 pub use metrics::{metric_sum, metric_sum_labels, metric_sum_matching};
 pub use netns::{enter_netns, in_netns, spawn_in_netns, Netns};

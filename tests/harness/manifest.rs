@@ -35,9 +35,9 @@ impl Manifest {
     }
 
     pub fn parse(text: &str) -> Result<Manifest> {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(text).context("parsing YAML")?;
         let mut objects = Vec::new();
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let value = Value::deserialize(doc).with_context(|| format!("YAML document {i}"))?;
+        for (i, value) in docs.into_iter().enumerate() {
             if value.is_null() {
                 continue;
             }
