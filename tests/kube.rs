@@ -298,7 +298,7 @@ fn an_api_outage_never_touches_the_data_plane_and_the_watch_recovers() {
         p[0].ping_ok(p[1].ip(), 2, REACH)?;
         let terminations = kc.metric(0, "weft_connection_terminations_total", "")?;
         let (sent, received) = pinging_during(&p[0], &p[1], || {
-            kc.api.set_down(true);
+            kc.api.set_down(true)?;
             wait_discovery_line(kc, 0, "API failing", CONNECT)?;
             // A node joins while the API is down: its Node object exists,
             // but nobody can read it yet.
@@ -306,7 +306,7 @@ fn an_api_outage_never_touches_the_data_plane_and_the_watch_recovers() {
             kc.start_kube_router(2, &[])?;
             std::thread::sleep(Duration::from_secs(5));
             ensure!(kc.http(0, "GET", "/status", None)?.0 == 200, "a ready router must stay ready with the API down");
-            kc.api.set_down(false);
+            kc.api.set_down(false)?;
             wait_discovery_line(kc, 0, "kubernetes (3 nodes, synced", CONNECT)?;
             kc.wait_mesh(&[0, 1, 2], CONNECT)
         })?;
@@ -319,16 +319,21 @@ fn an_api_outage_never_touches_the_data_plane_and_the_watch_recovers() {
 
         // Forced re-lists: an in-stream 410 Expired, then HTTP-level 410s.
         let lists = kc.metric(0, "weft_kube_lists_total", "resource=\"nodes\"")?;
+        // Three routers, two watches each.
+        kc.api.wait_watches(6, CONNECT)?;
         kc.api.expire_watches();
         wait_until(CONNECT, Duration::from_millis(200), || {
             Ok(kc.metric(0, "weft_kube_lists_total", "resource=\"nodes\"")? > lists)
         })
         .context("no re-list after an in-stream 410")?;
+        kc.api.wait_watches(6, CONNECT)?;
         kc.api.http_410_next_watches(3);
         kc.api.drop_watches();
-        kc.register_node(9)?; // a Node without a router: it's only dialled
+        // A Node without a router (yet): it only becomes a target.
+        let lonely = std::net::Ipv4Addr::new(172, 31, 0, 99);
+        kc.api.add_node("node9", Some(lonely), &[])?;
         wait_until(CONNECT, Duration::from_millis(200), || {
-            Ok(targets(kc, 0)?.iter().any(|t| t.starts_with(&format!("{}:", kc.node_ip(9)))))
+            Ok(targets(kc, 0)?.iter().any(|t| t.starts_with(&format!("{lonely}:"))))
         })
         .context("node9 never became a target after HTTP 410s")?;
         wait_discovery_line(kc, 0, "kubernetes (4 nodes, synced", CONNECT)?;
@@ -341,6 +346,7 @@ fn a_failing_or_hanging_api_is_reported_and_retried_with_backoff() {
     with_kube(2, 2, |kc| {
         kc.start_kube_routers(&[0, 1])?;
         kc.wait_mesh(&[0, 1], CONNECT)?;
+        kc.api.wait_watches(4, CONNECT)?;
         kc.api.fail_requests(Some(500));
         kc.api.drop_watches();
         let line = wait_discovery_line(kc, 0, "API failing", CONNECT)?;
@@ -354,6 +360,7 @@ fn a_failing_or_hanging_api_is_reported_and_retried_with_backoff() {
         kc.api.fail_requests(None);
         wait_discovery_line(kc, 0, "kubernetes (2 nodes, synced", CONNECT)?;
         // A hung API leaves the router live (liveness) and connected.
+        kc.api.wait_watches(4, CONNECT)?;
         kc.api.hang_requests(true);
         kc.api.drop_watches();
         std::thread::sleep(Duration::from_secs(3));
@@ -377,7 +384,7 @@ fn steady_state_api_load_is_a_few_watch_requests_per_minute() {
         // No polling: per router, only watches re-opened after their 60 s
         // timeout (two kinds) can happen; 20 s allows at most 2 each.
         ensure!(n <= 3 * 2, "{n} API requests in 20 s of steady state from 3 routers");
-        let lists = kc.api.count("GET", "/api/v1/nodes");
+        let lists = kc.api.count("list", "/api/v1/nodes");
         ensure!(lists >= 3, "each router lists nodes once: {lists}");
         Ok(())
     });
@@ -417,4 +424,26 @@ fn bail_if_ready(kc: &KubeCluster, i: usize) -> Result<()> {
     }
     ensure!(body.contains("Ready: no"), "{body}");
     Ok(())
+}
+
+#[test]
+fn routers_restarted_while_the_api_is_down_reconnect_from_the_last_node_list() {
+    with_kube(3, 3, |kc| {
+        kc.start_kube_routers(&[0, 1, 2])?;
+        kc.wait_mesh(&[0, 1, 2], CONNECT)?;
+        wait_ring_agreed(kc, &[0, 1, 2], &[], IPAM_CONVERGE)?;
+        for i in 0..3 {
+            kc.stop_router(i)?;
+        }
+        // A cluster-wide restart during an API outage: nobody can list.
+        kc.api.set_down(true)?;
+        kc.start_kube_routers(&[0, 1, 2])?;
+        kc.wait_mesh(&[0, 1, 2], CONNECT)?;
+        wait_discovery_line(kc, 0, "API failing", CONNECT)?;
+        let p = pods(kc, &[0, 2])?;
+        p[0].ping_ok(p[1].ip(), 2, REACH)?;
+        kc.api.set_down(false)?;
+        wait_discovery_line(kc, 0, "kubernetes (3 nodes, synced", CONNECT)?;
+        Ok(())
+    });
 }

@@ -5,14 +5,14 @@
 //! and their node's name, as a DaemonSet pod would.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::cluster::{Cluster, ClusterBuilder};
-use crate::endpoint::UnderlayHost;
+use crate::endpoint::{Endpoint, UnderlayHost};
 use crate::ipam::IPALLOC_RANGE;
 use crate::kube_api::KubeApi;
 use crate::metrics::metric_sum;
@@ -72,17 +72,11 @@ impl KubeCluster {
     /// The router arguments of a DaemonSet pod on node `i`, plus `extra`.
     pub fn router_args(&self, i: usize, extra: &[&str]) -> Vec<String> {
         let kubeconfig = self.api.kubeconfig_path().display().to_string();
-        let mut args: Vec<String> = [
-            "--kubeconfig",
-            &kubeconfig,
-            "--node-name",
-            &node_name(i),
-            "--ipalloc-range",
-            IPALLOC_RANGE,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> =
+            ["--kubeconfig", &kubeconfig, "--node-name", &node_name(i), "--ipalloc-range", IPALLOC_RANGE]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }
@@ -212,9 +206,4 @@ pub fn holds_for(hold: Duration, what: &str, mut cond: impl FnMut() -> Result<bo
         std::thread::sleep(Duration::from_millis(250));
     }
     Ok(())
-}
-
-/// Node `i`'s own address as seen from the API host.
-pub fn api_ip(kc: &KubeCluster) -> Ipv4Addr {
-    kc.api_host.ip()
 }

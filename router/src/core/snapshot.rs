@@ -174,7 +174,12 @@ impl Core {
                 .filter(|(_, v)| !v.is_empty())
                 .collect(),
             connections,
-            targets: self.targets.iter().filter(|(_, t)| t.user).map(|(k, _)| k.clone()).collect(),
+            targets: self
+                .targets
+                .iter()
+                .filter(|(_, t)| t.user || t.kube_node.is_some())
+                .map(|(k, _)| k.clone())
+                .collect(),
             termination_count: self.terminations,
             macs,
         }

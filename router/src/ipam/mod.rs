@@ -363,7 +363,8 @@ impl IpamService {
             self.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
         );
         let total = self.range().size() as f64;
-        for p in &st.peers {
+        // A removed peer whose space has been taken over is gone for good.
+        for p in st.peers.iter().filter(|p| !(p.tombstoned && p.owned == 0)) {
             let _ = writeln!(
                 out,
                 "{}({})  {} IPs ({:.1}% of total) - used: {}, free: {}{}",
@@ -373,7 +374,11 @@ impl IpamService {
                 100.0 * p.owned as f64 / total,
                 p.owned.saturating_sub(p.free),
                 p.free,
-                if p.reachable || p.name == self.local { "" } else { " - unreachable!" }
+                match (p.tombstoned, p.reachable || p.name == self.local) {
+                    (true, _) => " - removed, awaiting takeover",
+                    (false, true) => "",
+                    (false, false) => " - unreachable!",
+                }
             );
         }
         for c in self.ipam.conflicts() {
@@ -389,7 +394,7 @@ impl IpamService {
             "Ready": self.ipam.is_ready(),
             "Gateway": self.gateway.map(|g| g.to_string()),
             "DefaultSubnet": self.range().to_string(),
-            "Entries": st.peers.iter().map(|p| json!({
+            "Entries": st.peers.iter().filter(|p| !(p.tombstoned && p.owned == 0)).map(|p| json!({
                 "Peer": p.name.to_string(),
                 "Nickname": nickname(p.name),
                 "Size": p.owned,

@@ -145,6 +145,7 @@ impl Kube {
             self.client.clone(),
             self.answered.clone(),
             self.node_selector.clone(),
+            self.data_dir.clone(),
             commands.clone(),
             nodes_tx,
             shared.clone(),

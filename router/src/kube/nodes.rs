@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,14 +28,39 @@ pub(super) struct NodeList {
     pub nodes: BTreeMap<String, Option<IpAddr>>,
 }
 
+/// In the data dir: the last node list, so a router restarted while the
+/// API is down still knows whom to connect to.
+pub(crate) const CACHE_FILE: &str = "kube-nodes.json";
+
+/// The node list of the router's last run, if any.
+pub(super) fn cached(data_dir: &Path) -> Option<BTreeMap<String, Option<IpAddr>>> {
+    serde_json::from_slice(&std::fs::read(data_dir.join(CACHE_FILE)).ok()?).ok()
+}
+
+fn cache(data_dir: &Path, nodes: &BTreeMap<String, Option<IpAddr>>) {
+    let written = serde_json::to_vec(nodes)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| crate::identity::write_atomic(&data_dir.join(CACHE_FILE), &bytes));
+    if let Err(err) = written {
+        tracing::warn!("cannot keep the node list in {}: {err:#}", data_dir.display());
+    }
+}
+
 pub(super) async fn run(
     client: kube::Client,
     answered: Arc<LastAnswer>,
     selector: Option<String>,
+    data_dir: PathBuf,
     commands: UnboundedSender<Command>,
     out: watch::Sender<NodeList>,
     shared: Arc<Shared>,
 ) {
+    // Until the API answers, the last run's list keeps the router connected
+    // (peers also dial us from theirs).
+    if let Some(nodes) = cached(&data_dir) {
+        tracing::info!("{} nodes from the last run's node list, until the API answers", nodes.len());
+        let _ = commands.send(Command::Kube(KubeEvent::Nodes(nodes)));
+    }
     let api: Api<Node> = Api::all(client);
     let mut config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
     if let Some(selector) = &selector {
@@ -70,6 +96,7 @@ pub(super) async fn run(
         status.nodes = list.nodes.len();
         shared.kube_metrics.nodes_synced(list.nodes.len(), status.error.is_none());
         if changed {
+            cache(&data_dir, &list.nodes);
             let _ = commands.send(Command::Kube(KubeEvent::Nodes(list.nodes.clone())));
             out.send_replace(list.clone());
         }
