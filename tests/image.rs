@@ -6,8 +6,11 @@
 //! manifest's init container installs weft-net into the node's
 //! /opt/cni/bin, the router container (host network, privileged, the
 //! manifest's env and host mounts) becomes ready, connects to the other
-//! node and writes 05-weft.conflist; pods added through the installed
-//! plugin and that conflist ping across nodes. Needs root, podman, runc and
+//! node it finds in the Node list and writes 05-weft.conflist; pods added
+//! through the installed plugin and that conflist ping across nodes. The
+//! API is the harness's double on the wire, reached the way a pod reaches
+//! it (service-account token mounted, KUBERNETES_SERVICE_HOST/PORT), and it
+//! grants only the manifest's RBAC. Needs root, podman, runc and
 //! the reference CNI plugins (scripts/setup installs them); fails, never
 //! skips, without them.
 #![allow(clippy::unwrap_used)]
@@ -19,15 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use weft_tests::cni::standard_plugin;
-use weft_tests::daemonset::{ContainerState, DaemonSetPod, PodContext};
+use weft_tests::daemonset::{ContainerState, DaemonSetPod, InClusterApi, PodContext};
+use weft_tests::kube_cluster::{holds_for, node_name, target_of, targets, KubeCluster, PEER_MAP, WEFT_NAMESPACE};
 use weft_tests::manifest::Container;
 use weft_tests::*;
-
-/// TEMPORARY, until Kubernetes node discovery is on `main`: the router
-/// containers are also given the other node as `WEFT_PEERS`, which the
-/// manifest does not set. With discovery they must find each other from
-/// the Node list alone: set this to `false` (and then delete it).
-const TEMPORARY_PEER_OVERRIDE: bool = true;
 
 /// Bound for `deploy/build-image` (a cold release build of two binaries).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(40 * 60);
@@ -139,10 +137,8 @@ fn readiness(node: &NodeUnderTest, router: &Container) -> Result<(u16, String)> 
 }
 
 /// Waits for the readiness probe to answer 200, checking on the way that
-/// the conflist never exists while the probe says "not ready". Returns
-/// whether a not-ready answer was seen.
-fn wait_ready_watching_conflist(node: &NodeUnderTest, router: &Container) -> Result<bool> {
-    let mut saw_not_ready = false;
+/// the conflist never exists while the probe says "not ready".
+fn wait_ready_watching_conflist(node: &NodeUnderTest, router: &Container) -> Result<()> {
     let mut last = String::new();
     wait_until(READY_TIMEOUT, Duration::from_millis(100), || {
         node.pod()?.check_running()?;
@@ -155,21 +151,17 @@ fn wait_ready_watching_conflist(node: &NodeUnderTest, router: &Container) -> Res
                 return Ok(false);
             }
         };
-        if status != 200 {
-            saw_not_ready = true;
-            if conflist_exists {
-                return Err(stop_waiting(format!(
-                    "node {}: {} exists while the router is not ready ({status}): {body}",
-                    node.index,
-                    node.conflist().display()
-                )));
-            }
+        if status != 200 && conflist_exists {
+            return Err(stop_waiting(format!(
+                "node {}: {} exists while the router is not ready ({status}): {body}",
+                node.index,
+                node.conflist().display()
+            )));
         }
         last = format!("{status}: {body}");
         Ok(status == 200)
     })
-    .with_context(|| format!("router on node {} not ready; last readiness answer: {last}", node.index))?;
-    Ok(saw_not_ready)
+    .with_context(|| format!("router on node {} not ready; last readiness answer: {last}", node.index))
 }
 
 fn wait_connected(c: &Cluster, nodes: &[NodeUnderTest]) -> Result<()> {
@@ -196,24 +188,24 @@ fn image_runs_as_the_daemonset_on_two_nodes() {
     let spec = ds.spec.template.spec.clone();
     let router = router_container(&spec).unwrap().clone();
 
-    let cluster = Cluster::new(2).expect("building the namespace cluster");
-    let c = &cluster;
+    // Two Node objects, the API double on an underlay host, enforcing
+    // exactly the manifest's RBAC for weft's service account.
+    let kc = KubeCluster::new(Cluster::builder().nodes(2), 2).expect("building the cluster and its API");
+    kc.api.enforce_rbac_file(&weft_manifest_path()).unwrap();
+    let c: &Cluster = &kc.cluster;
+    let api = InClusterApi { service_account_dir: kc.api.service_account_dir(), env: kc.api.in_cluster_env() };
     let tmp = TempTree::create(&format!("{}-image", c.prefix())).unwrap();
     let mut nodes: Vec<NodeUnderTest> = (0..2)
         .map(|i| NodeUnderTest {
             index: i,
             ctx: PodContext {
-                node_name: format!("node{i}"),
+                node_name: node_name(i),
                 node_ip: c.node_ip(i),
-                pod_name: format!("weft-node{i}"),
+                pod_name: format!("weft-{}", node_name(i)),
                 host_root: tmp.0.join(format!("node{i}-root")),
-                api: None,
+                api: Some(api.clone()),
                 secrets: BTreeMap::new(),
-                extra_env: if TEMPORARY_PEER_OVERRIDE {
-                    vec![("WEFT_PEERS".into(), c.node_ip(1 - i).to_string())]
-                } else {
-                    Vec::new()
-                },
+                extra_env: Vec::new(),
             },
             pod: None,
         })
@@ -234,6 +226,13 @@ fn image_runs_as_the_daemonset_on_two_nodes() {
         )?;
 
         let start = |n: &mut NodeUnderTest| -> Result<()> {
+            // No peers named anywhere: the routers have only the Node list.
+            for ctr in &spec.containers {
+                let run = container_run(&manifest, &ds, ctr, &n.ctx)?;
+                for var in ["WEFT_PEERS", "KUBE_PEERS"] {
+                    ensure!(run.env_value(var).is_none(), "{}: {var} is set", ctr.name);
+                }
+            }
             let state = tmp.0.join(format!("node{}-podman", n.index));
             let pod = DaemonSetPod::start(c.node_ns(n.index), &state, &archive, &manifest, &n.ctx)
                 .with_context(|| format!("starting the DaemonSet's pod on node {}", n.index))?;
@@ -249,20 +248,27 @@ fn image_runs_as_the_daemonset_on_two_nodes() {
         let log = nodes[0].pod()?.init_log("install-cni").unwrap_or_default().to_owned();
         ensure!(log.contains("installed"), "install-cni said: {log}");
 
-        // Alone, node 0 has no conflist unless it is ready.
-        let alone_until = Instant::now() + ALONE_FOR;
-        while Instant::now() < alone_until {
+        // Alone, node 0 must not divide the range (node 1 is in the Node
+        // list): not ready, so no conflist, yet alive for the kubelet.
+        let liveness = router.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).context("liveness httpGet")?;
+        wait_until(READY_TIMEOUT, Duration::from_millis(100), || {
+            nodes[0].pod()?.check_running()?;
+            Ok(readiness(&nodes[0], &router).is_ok())
+        })
+        .context("node 0's router never answered its readiness probe")?;
+        holds_for(ALONE_FOR, "node 0 alone: not ready, no conflist, alive", || {
             nodes[0].pod()?.check_running()?;
             let exists = nodes[0].conflist().exists();
-            if let Ok((status, body)) = readiness(&nodes[0], &router) {
-                ensure!(!exists || status == 200, "node 0: conflist written while not ready ({status}): {body}");
+            let (status, body) = readiness(&nodes[0], &router)?;
+            let (alive, _) = nodes[0].pod()?.probe(liveness, nodes[0].ctx.node_ip)?;
+            if status == 200 || exists || alive != 200 {
+                bail!("readiness {status} ({body}), conflist exists: {exists}, liveness {alive}");
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            Ok(true)
+        })?;
         start(&mut nodes[1])?;
         for n in nodes.iter() {
-            let saw_not_ready = wait_ready_watching_conflist(n, &router)?;
-            eprintln!("[image] node {} ready (not-ready phase observed: {saw_not_ready})", n.index);
+            wait_ready_watching_conflist(n, &router)?;
         }
         for n in nodes.iter() {
             for probe in [&router.liveness_probe, &router.startup_probe] {
@@ -271,7 +277,21 @@ fn image_runs_as_the_daemonset_on_two_nodes() {
                 ensure!(status == 200, "node {}: {} answered {status}: {body}", n.index, get.path);
             }
         }
+        // Found from the Node list: no peers were named anywhere.
         wait_connected(c, nodes)?;
+        for n in nodes.iter() {
+            let t = targets(c, n.index)?;
+            ensure!(t == [target_of(c, 1 - n.index)], "node {}: targets {t:?}", n.index);
+            let node = kc.api.node(&n.ctx.node_name).context("Node object gone")?;
+            let conditions = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            ensure!(
+                conditions.iter().any(|c| c["type"] == "NetworkUnavailable" && c["status"] == "False"),
+                "node {}: no NetworkUnavailable=False condition: {conditions:?}",
+                n.index
+            );
+        }
+        let peer_map = kc.peer_map()?;
+        ensure!(peer_map.len() == 2, "{WEFT_NAMESPACE}/{PEER_MAP} should list both peers: {peer_map:?}");
 
         // The conflist, once ready: what deploy/05-weft.conflist says (the
         // node has portmap), first in the runtime's order, Weave's left alone.
@@ -324,6 +344,20 @@ fn image_runs_as_the_daemonset_on_two_nodes() {
             ensure!(left.is_empty(), "node {}: containers left: {left:?}", n.index);
             ensure!(readiness(n, &router).is_err(), "node {}: something still answers the probe", n.index);
             ensure!(n.conflist().exists() && n.bin_dir().join("weft-net").exists(), "node {}: CNI files gone", n.index);
+        }
+
+        // Everything the routers asked, the manifest's RBAC allowed; and
+        // they did ask, each from its node's address (the host network).
+        let requests = kc.api.requests();
+        let forbidden: Vec<String> = requests
+            .iter()
+            .filter(|r| r.status == Some(403))
+            .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+            .collect();
+        ensure!(forbidden.is_empty(), "requests the manifest's RBAC forbids: {forbidden:#?}");
+        for n in nodes.iter() {
+            let from_node = requests.iter().filter(|r| r.client.ip() == std::net::IpAddr::V4(n.ctx.node_ip)).count();
+            ensure!(from_node > 0, "node {}'s router never called the API", n.index);
         }
         Ok(())
     };
