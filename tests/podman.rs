@@ -1,5 +1,5 @@
 //! A real container runtime on weft: podman (CNI backend, runc) on two
-//! nodes uses `deploy/10-weft.conflist` with `weft-net` and `portmap`, and
+//! nodes uses `deploy/05-weft.conflist` with `weft-net` and `portmap`, and
 //! its containers ping each other across the overlay. Needs root, podman,
 //! runc and busybox-static (scripts/setup installs them) and the built
 //! binaries; fails, never skips, without them.
@@ -97,7 +97,7 @@ fn podman_containers_on_two_nodes_ping_through_weft() {
                 PodmanNode::start(
                     c.node_ns(i),
                     &c.dir().join(format!("podman{i}")),
-                    "10-weft.conflist",
+                    "05-weft.conflist",
                     &conflist,
                     &plugins,
                 )

@@ -587,7 +587,7 @@ fn status_and_gc() {
 }
 
 /// Delegation to the reference `host-local` IPAM, then chaining with the
-/// reference `portmap`, as a runtime runs `deploy/10-weft.conflist`.
+/// reference `portmap`, as a runtime runs `deploy/05-weft.conflist`.
 #[test]
 fn host_local_ipam_and_portmap_chain() {
     for plugin in ["host-local", "portmap"] {
@@ -665,7 +665,7 @@ fn host_local_ipam_and_portmap_chain() {
 
     // The shipped conflist is what a runtime would read.
     let shipped: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/10-weft.conflist")).unwrap(),
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/05-weft.conflist")).unwrap(),
     )
     .unwrap();
     assert_eq!(shipped["cniVersion"], "1.0.0");

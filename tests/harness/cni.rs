@@ -66,9 +66,9 @@ pub fn standard_plugin(name: &str) -> PathBuf {
     );
 }
 
-/// The repository's conflist template (`deploy/10-weft.conflist`).
+/// The repository's conflist template (`deploy/05-weft.conflist`).
 pub fn conflist_template_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/10-weft.conflist")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/05-weft.conflist")
 }
 
 /// A directory to use as `CNI_PATH`: weft-net plus the reference plugins a
@@ -89,6 +89,15 @@ impl CniBinDir {
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(&target, &link)
                 .with_context(|| format!("linking {} -> {}", link.display(), target.display()))?;
+        }
+        Ok(CniBinDir { path: dir.to_owned() })
+    }
+
+    /// A directory whose plugins something else installed (e.g. a node's
+    /// /opt/cni/bin as weft's init container left it), used as it is.
+    pub fn existing(dir: &Path) -> Result<CniBinDir> {
+        if !dir.is_dir() {
+            bail!("CNI plugin directory {} does not exist", dir.display());
         }
         Ok(CniBinDir { path: dir.to_owned() })
     }
@@ -295,7 +304,7 @@ impl NetworkConfig {
         Ok(NetworkConfig { name: s("name")?, cni_version: s("cniVersion")?, plugins })
     }
 
-    /// The repository's `deploy/10-weft.conflist`.
+    /// The repository's `deploy/05-weft.conflist`.
     pub fn weft_template() -> Result<NetworkConfig> {
         let path = conflist_template_path();
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

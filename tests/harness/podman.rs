@@ -113,6 +113,17 @@ pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
     Ok(tar)
 }
 
+/// The per-node directories and podman configuration under `dir`.
+fn prepare_dirs(dir: &Path) -> Result<()> {
+    require_podman_tools();
+    std::fs::create_dir_all(dir)?;
+    for (sub, _) in NODE_MOUNTS {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    std::fs::write(dir.join("containers.conf"), CONTAINERS_CONF)?;
+    Ok(())
+}
+
 /// One node's podman, isolated as described in the module docs.
 #[derive(Debug)]
 pub struct PodmanNode {
@@ -134,19 +145,24 @@ impl PodmanNode {
         conflist: &str,
         plugins: &[(&str, PathBuf)],
     ) -> Result<PodmanNode> {
-        require_podman_tools();
-        std::fs::create_dir_all(dir)?;
-        for (sub, _) in NODE_MOUNTS {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
+        prepare_dirs(dir)?;
         std::fs::write(dir.join("cni-conf").join(conflist_name), conflist)?;
         for (name, target) in plugins {
             let link = dir.join("cni-bin").join(name);
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(target, &link)?;
         }
-        std::fs::write(dir.join("containers.conf"), CONTAINERS_CONF)?;
+        PodmanNode::spawn_holder(node_ns, dir)
+    }
 
+    /// A holder whose podman has no CNI network of its own: for containers
+    /// on the host network only (as a DaemonSet's `hostNetwork` pods).
+    pub fn start_host_network_only(node_ns: &Netns, dir: &Path) -> Result<PodmanNode> {
+        prepare_dirs(dir)?;
+        PodmanNode::spawn_holder(node_ns, dir)
+    }
+
+    fn spawn_holder(node_ns: &Netns, dir: &Path) -> Result<PodmanNode> {
         let ready = dir.join("holder.ready");
         let _ = std::fs::remove_file(&ready);
         let mut script = String::from("set -e\n");
