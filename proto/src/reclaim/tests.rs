@@ -11,10 +11,6 @@ fn entry(peer: u8, node: &str, claimed_by: Option<u8>) -> Entry {
     Entry { peer: name(peer), node: node.to_string(), claimed_by: claimed_by.map(name) }
 }
 
-fn set<T: Ord + Clone>(items: &[T]) -> BTreeSet<T> {
-    items.iter().cloned().collect()
-}
-
 fn nodes(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
