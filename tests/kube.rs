@@ -58,6 +58,16 @@ fn reclaims(kc: &KubeCluster, nodes: &[usize]) -> Result<f64> {
     nodes.iter().map(|&i| kc.metric(i, "weft_kube_reclaims_total", "")).sum()
 }
 
+/// Waits until routers `nodes` have reclaimed `n` peers between them, then
+/// checks that it stays at exactly `n`: no peer is retired twice.
+fn expect_reclaims(kc: &KubeCluster, nodes: &[usize], n: f64) -> Result<()> {
+    wait_until(RECLAIM, Duration::from_millis(250), || Ok(reclaims(kc, nodes)? >= n))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let got = reclaims(kc, nodes)?;
+    ensure!(got == n, "routers {nodes:?} reclaimed {got} peers, expected exactly {n}");
+    Ok(())
+}
+
 #[test]
 fn routers_find_each_other_from_the_node_list_and_a_new_node_joins_in_seconds() {
     with_kube(4, 3, |kc| {
@@ -152,10 +162,8 @@ fn a_deleted_node_is_forgotten_and_its_space_reclaimed_exactly_once() {
         kc.delete_node(2)?;
         let ring = wait_ring_agreed(kc, &[0, 1], &[&gone], RECLAIM)?;
         ensure!(ring.len() == 2, "the survivors own everything: {ring:?}");
-        wait_until(RECLAIM, Duration::from_millis(250), || Ok(reclaims(kc, &[0, 1])? >= 1.0))?;
         // Exactly one router retired the peer, and nobody does it again.
-        std::thread::sleep(Duration::from_secs(3));
-        ensure!(reclaims(kc, &[0, 1])? == 1.0, "reclaims: {}", reclaims(kc, &[0, 1])?);
+        expect_reclaims(kc, &[0, 1], 1.0)?;
         for i in 0..2 {
             let t = targets(kc, i)?;
             ensure!(!t.contains(&target_of(kc, 2)), "node {i} still dials the deleted node: {t:?}");
@@ -183,9 +191,7 @@ fn a_delete_missed_while_routers_were_down_is_reclaimed_when_they_return() {
         kc.wait_ready(0)?;
         kc.wait_ready(1)?;
         wait_ring_agreed(kc, &[0, 1], &[&gone], RECLAIM)?;
-        wait_until(RECLAIM, Duration::from_millis(250), || Ok(reclaims(kc, &[0, 1])? >= 1.0))?;
-        std::thread::sleep(Duration::from_secs(3));
-        ensure!(reclaims(kc, &[0, 1])? == 1.0, "reclaims: {}", reclaims(kc, &[0, 1])?);
+        expect_reclaims(kc, &[0, 1], 1.0)?;
         Ok(())
     });
 }
@@ -196,7 +202,7 @@ fn a_router_down_during_the_delete_agrees_when_it_returns() {
         let (gone, _p) = three_up_then_stop_two(kc)?;
         kc.stop_router(1)?;
         kc.delete_node(2)?;
-        wait_until(RECLAIM, Duration::from_millis(250), || Ok(kc.metric(0, "weft_kube_reclaims_total", "")? >= 1.0))?;
+        expect_reclaims(kc, &[0], 1.0)?;
         kc.start_kube_router(1, &[])?;
         kc.wait_ready(1)?;
         let ring = wait_ring_agreed(kc, &[0, 1], &[&gone], RECLAIM)?;
@@ -221,9 +227,7 @@ fn routers_racing_for_several_deleted_nodes_reclaim_each_once() {
         kc.delete_node(4)?;
         let ring = wait_ring_agreed(kc, &[0, 1, 2], &[&gone[0], &gone[1]], RECLAIM)?;
         ensure!(ring.len() == 3, "{ring:?}");
-        wait_until(RECLAIM, Duration::from_millis(250), || Ok(reclaims(kc, &[0, 1, 2])? >= 2.0))?;
-        std::thread::sleep(Duration::from_secs(3));
-        ensure!(reclaims(kc, &[0, 1, 2])? == 2.0, "reclaims: {}", reclaims(kc, &[0, 1, 2])?);
+        expect_reclaims(kc, &[0, 1, 2], 2.0)?;
         Ok(())
     });
 }
@@ -239,7 +243,7 @@ fn a_node_recreated_with_a_fresh_disk_is_a_new_peer_and_the_old_one_is_reclaimed
         let new = kc.peer_name(2)?;
         ensure!(new != old, "a fresh data dir must mean a new peer name");
         wait_ring_agreed(kc, &[0, 1, 2], &[&old], RECLAIM)?;
-        wait_until(RECLAIM, Duration::from_millis(250), || Ok(reclaims(kc, &[0, 1, 2])? >= 1.0))?;
+        expect_reclaims(kc, &[0, 1, 2], 1.0)?;
         let p = pods(kc, &[2, 0])?;
         p[0].ping_ok(p[1].ip(), 2, REACH)?;
         Ok(())

@@ -168,7 +168,7 @@ impl NatTask {
     }
 
     fn tick(&mut self) {
-        let sysctls = sysctl::ensure_all(Path::new(sysctl::PROC_SYS));
+        let sysctls = sysctl::ensure_all(Path::new(sysctl::PROC_SYS)).after(self.sysctls.as_ref());
         if self.sysctls.as_ref() != Some(&sysctls) {
             let text = sysctls.describe();
             if sysctls.ok() {

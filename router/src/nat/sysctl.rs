@@ -39,6 +39,15 @@ impl Setting {
     pub fn ok(&self) -> bool {
         matches!(self, Setting::Already | Setting::Set { .. })
     }
+
+    /// This pass's outcome, remembering an earlier one: a value weft wrote
+    /// that is still in place goes on saying that weft set it.
+    fn after(self, before: &Setting) -> Setting {
+        match (self, before) {
+            (Setting::Already, set @ Setting::Set { .. }) => set.clone(),
+            (now, _) => now,
+        }
+    }
 }
 
 /// The state of both sysctls after one pass.
@@ -49,6 +58,15 @@ pub struct Sysctls {
 }
 
 impl Sysctls {
+    /// This pass's state, keeping what earlier passes set (see [`Setting::after`]).
+    pub fn after(self, before: Option<&Sysctls>) -> Sysctls {
+        let Some(before) = before else { return self };
+        Sysctls {
+            ip_forward: self.ip_forward.after(&before.ip_forward),
+            bridge_nf_call_iptables: self.bridge_nf_call_iptables.after(&before.bridge_nf_call_iptables),
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.ip_forward.ok() && self.bridge_nf_call_iptables.ok()
     }
@@ -126,6 +144,13 @@ mod tests {
         let second = ensure_all(&root);
         assert_eq!(second.ip_forward, Setting::Already);
         assert_eq!(second.describe(), "br_netfilter on (bridge-nf-call-iptables=1), ip_forward=1");
+        // What the task shows: weft's write is remembered while it holds...
+        let kept = second.after(Some(&first));
+        assert_eq!(kept, first);
+        // ...and forgotten once someone else changed the value again.
+        std::fs::write(root.join(IP_FORWARD), "0").unwrap();
+        let reset = ensure_all(&root).after(Some(&kept));
+        assert_eq!(reset.ip_forward, Setting::Set { was: "0".into() });
         std::fs::remove_dir_all(root).unwrap();
     }
 
