@@ -13,6 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -79,8 +80,13 @@ pub fn install_plugin(source: &Path, bin_dir: &Path) -> Result<(PathBuf, Install
 /// The conflist weft writes: weft-net (hairpin on, so a pod reaches itself
 /// through a Service), chained with `portmap` (hostPort) when the node has
 /// it; listing a missing plugin would fail every ADD.
-pub fn conflist(portmap: bool) -> String {
-    let mut plugins = vec![json!({"type": PLUGIN_NAME, "hairpinMode": true})];
+pub fn conflist(portmap: bool, http_addr: Option<SocketAddr>) -> String {
+    let mut weft = json!({"type": PLUGIN_NAME, "hairpinMode": true});
+    // The plugin finds the router at the default address unless told.
+    if let Some(addr) = http_addr {
+        weft["httpAddr"] = json!(addr.to_string());
+    }
+    let mut plugins = vec![weft];
     if portmap {
         plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
     }
@@ -89,11 +95,12 @@ pub fn conflist(portmap: bool) -> String {
 }
 
 /// Writes weft's conflist into `conf_dir` (called by the router once it is
-/// ready); `bin_dir` tells which chained plugins exist. Leaves an identical
-/// file alone (runtimes reload on every change of the directory).
-pub fn write_conflist(conf_dir: &Path, bin_dir: &Path) -> Result<PathBuf> {
+/// ready); `bin_dir` tells which chained plugins exist, `http_addr` is the
+/// router's API when not the default. Leaves an identical file alone
+/// (runtimes reload on every change of the directory).
+pub fn write_conflist(conf_dir: &Path, bin_dir: &Path, http_addr: Option<SocketAddr>) -> Result<PathBuf> {
     require_dir(conf_dir, "CNI config directory (mount the host's /etc/cni/net.d there)")?;
-    let text = conflist(has_plugin(bin_dir, "portmap"));
+    let text = conflist(has_plugin(bin_dir, "portmap"), http_addr);
     let dest = conf_dir.join(CONFLIST_NAME);
     if !same_file_content(&dest, text.as_bytes(), false) {
         replace_file(&dest, text.as_bytes(), 0o644)?;
@@ -288,7 +295,7 @@ mod tests {
         let t = TempDir::new("conflist");
         let conf = t.sub("net.d");
         let bin = t.sub("bin");
-        let path = write_conflist(&conf, &bin).expect("write without portmap");
+        let path = write_conflist(&conf, &bin, None).expect("write without portmap");
         assert_eq!(path, conf.join("05-weft.conflist"));
         let list: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("conflist is JSON");
@@ -300,7 +307,7 @@ mod tests {
 
         std::fs::write(bin.join("portmap"), b"#!portmap").expect("portmap");
         std::fs::set_permissions(bin.join("portmap"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        write_conflist(&conf, &bin).expect("write with portmap");
+        write_conflist(&conf, &bin, None).expect("write with portmap");
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(
             text,
@@ -326,13 +333,13 @@ mod tests {
         let t = TempDir::new("conf-idem");
         let conf = t.sub("net.d");
         let bin = t.sub("bin");
-        let path = write_conflist(&conf, &bin).expect("first write");
+        let path = write_conflist(&conf, &bin, None).expect("first write");
         let inode = std::fs::metadata(&path).expect("metadata").ino();
-        write_conflist(&conf, &bin).expect("second write");
+        write_conflist(&conf, &bin, None).expect("second write");
         assert_eq!(std::fs::metadata(&path).expect("metadata").ino(), inode);
         // A changed node (portmap installed later) gets the new list.
         std::os::unix::fs::symlink("/usr/lib/cni/portmap", bin.join("portmap")).expect("symlink");
-        write_conflist(&conf, &bin).expect("third write");
+        write_conflist(&conf, &bin, None).expect("third write");
         assert_ne!(std::fs::metadata(&path).expect("metadata").ino(), inode);
     }
 
@@ -347,7 +354,16 @@ mod tests {
     #[test]
     fn conflist_needs_its_directory() {
         let t = TempDir::new("conf-missing");
-        let err = format!("{:#}", write_conflist(&t.0.join("net.d"), &t.0).expect_err("missing dir"));
+        let err = format!("{:#}", write_conflist(&t.0.join("net.d"), &t.0, None).expect_err("missing dir"));
         assert!(err.contains("net.d") && err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_router_api_elsewhere_is_named_in_the_conflist() {
+        let addr: SocketAddr = "127.0.0.1:7784".parse().expect("an address");
+        let text = conflist(false, Some(addr));
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(v["plugins"][0]["httpAddr"], "127.0.0.1:7784");
+        assert!(conflist(false, None).find("httpAddr").is_none());
     }
 }

@@ -24,12 +24,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The router's files under its data dir. Their write-then-rename
 /// leftovers are these with the extension `tmp` (see `write_atomic`).
-const STATE_FILES: [&str; 4] = [
-    crate::identity::NAME_FILE,
-    crate::ipam::STATE_FILE,
-    crate::kube::MARKER_FILE,
-    crate::kube::NODES_CACHE_FILE,
-];
+const STATE_FILES: [&str; 4] =
+    [crate::identity::NAME_FILE, crate::ipam::STATE_FILE, crate::kube::MARKER_FILE, crate::kube::NODES_CACHE_FILE];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ResetArgs {

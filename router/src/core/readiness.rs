@@ -33,7 +33,9 @@ impl Core {
         tracing::info!("router ready");
         if let Some(dir) = self.cfg.cni_conf_dir.clone() {
             let bin = self.cfg.cni_bin_dir.clone();
-            tokio::task::spawn_blocking(move || match crate::cni_install::write_conflist(&dir, &bin) {
+            let http = self.cfg.http_addr;
+            let http = (http.to_string() != crate::config::DEFAULT_HTTP_ADDR).then_some(http);
+            tokio::task::spawn_blocking(move || match crate::cni_install::write_conflist(&dir, &bin, http) {
                 Ok(path) => tracing::info!("wrote {}", path.display()),
                 Err(err) => tracing::error!("cannot write the CNI conflist into {}: {err:#}", dir.display()),
             });
