@@ -286,31 +286,37 @@ fn env_nonempty(var: &str) -> Option<String> {
     std::env::var(var).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
-/// Weave's environment variables, as a Weave DaemonSet sets them, mapped
-/// onto weft's before the command line is parsed (weft's own names win).
-/// `EXTRA_ARGS` become more router arguments; unknown ones are refused by
-/// the parser like any other.
-pub fn weave_env_args(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+/// Weave's environment variables, as a Weave DaemonSet sets them: which
+/// of weft's variables they set (only where weft's own are unset, so weft's
+/// names win) and the command line with `EXTRA_ARGS` added to `weft
+/// router`'s arguments (unknown ones are refused by the parser like any
+/// other). `get` reads the environment.
+pub fn weave_env(
+    get: impl Fn(&str) -> Option<String>,
+    mut argv: Vec<std::ffi::OsString>,
+) -> (Vec<(&'static str, String)>, Vec<std::ffi::OsString>) {
+    let set = |var: &str| get(var).is_some_and(|v| !v.trim().is_empty());
+    let mut vars = Vec::new();
     for (weave, weft) in [
         ("IPALLOC_INIT", "WEFT_IPALLOC_INIT"),
         ("CONN_LIMIT", "WEFT_CONN_LIMIT"),
         ("WEAVE_MTU", "WEFT_MTU"),
         ("WEAVE_HTTP_ADDR", "WEFT_HTTP_ADDR"),
     ] {
-        if let (Some(value), None) = (env_nonempty(weave), std::env::var_os(weft)) {
-            std::env::set_var(weft, value);
+        if let (Some(value), false) = (get(weave).filter(|v| !v.trim().is_empty()), get(weft).is_some()) {
+            vars.push((weft, value.trim().to_string()));
         }
     }
     // Weave treats any non-empty value as "on", even "false".
-    if env_nonempty("WEAVE_NO_FASTDP").is_some() && std::env::var_os("WEFT_NO_FASTDP").is_none() {
-        std::env::set_var("WEFT_NO_FASTDP", "true");
+    if set("WEAVE_NO_FASTDP") && get("WEFT_NO_FASTDP").is_none() {
+        vars.push(("WEFT_NO_FASTDP", "true".to_string()));
     }
     if argv.get(1).is_some_and(|a| a == "router") {
-        if let Some(extra) = env_nonempty("EXTRA_ARGS") {
+        if let Some(extra) = get("EXTRA_ARGS") {
             argv.extend(extra.split_whitespace().map(std::ffi::OsString::from));
         }
     }
-    argv
+    (vars, argv)
 }
 
 fn hostname() -> String {
@@ -330,5 +336,44 @@ pub(crate) fn default_data_dir() -> PathBuf {
             PathBuf::from(DEFAULT_DATA_DIR).join(format!("netns-{id}"))
         }
         _ => PathBuf::from(DEFAULT_DATA_DIR),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+
+    fn weave(env: &[(&str, &str)], argv: &[&str]) -> (Vec<(&'static str, String)>, Vec<String>) {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        let (vars, argv) = weave_env(|k| env.get(k).cloned(), argv);
+        (vars, argv.into_iter().map(|a| a.to_string_lossy().into_owned()).collect())
+    }
+
+    #[test]
+    fn weave_variables_map_onto_weft_ones_unless_those_are_set() {
+        let (vars, _) = weave(&[("IPALLOC_INIT", "consensus=3"), ("CONN_LIMIT", "30"), ("WEFT_CONN_LIMIT", "50")], &[]);
+        assert_eq!(vars, vec![("WEFT_IPALLOC_INIT", "consensus=3".to_string())]);
+        let (vars, _) = weave(&[("WEAVE_MTU", " 1400 "), ("WEAVE_HTTP_ADDR", "")], &[]);
+        assert_eq!(vars, vec![("WEFT_MTU", "1400".to_string())]);
+    }
+
+    #[test]
+    fn weave_no_fastdp_is_on_for_any_value_even_false() {
+        for value in ["1", "true", "false", "0"] {
+            let (vars, _) = weave(&[("WEAVE_NO_FASTDP", value)], &[]);
+            assert_eq!(vars, vec![("WEFT_NO_FASTDP", "true".to_string())], "{value}");
+        }
+        assert!(weave(&[("WEAVE_NO_FASTDP", "")], &[]).0.is_empty());
+    }
+
+    #[test]
+    fn extra_args_extend_the_router_command_only() {
+        let (_, argv) = weave(&[("EXTRA_ARGS", "--no-discovery  --conn-limit 10")], &["weft", "router", "10.0.0.1"]);
+        assert_eq!(argv, ["weft", "router", "10.0.0.1", "--no-discovery", "--conn-limit", "10"]);
+        let (_, argv) = weave(&[("EXTRA_ARGS", "--no-discovery")], &["weft", "status"]);
+        assert_eq!(argv, ["weft", "status"]);
     }
 }

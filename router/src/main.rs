@@ -67,7 +67,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse_from(config::weave_env_args(std::env::args_os().collect()));
+    let (vars, argv) = config::weave_env(|var| std::env::var(var).ok(), std::env::args_os().collect());
+    // Still single-threaded: nothing else reads the environment yet.
+    for (var, value) in vars {
+        std::env::set_var(var, value);
+    }
+    let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Router(args) => core::run(*args, cli.http_addr),
         Command::Status { what } => cli::status(&cli.http_addr, what),

@@ -49,27 +49,16 @@ pub struct MacView {
     pub age_secs: u64,
 }
 
-/// Node discovery through the Kubernetes API, for `weft status`.
-#[derive(Debug, Clone, Default)]
-pub struct DiscoveryView {
-    pub status: crate::kube::DiscoveryStatus,
-}
-
-impl DiscoveryView {
-    /// `kubernetes (3 nodes, synced 3s ago)`, or what is wrong.
-    pub fn describe(&self) -> String {
-        let st = &self.status;
-        let ago = |t: std::time::Instant| secs(t.elapsed().as_secs());
-        match (&st.error, st.synced_at()) {
-            (None, Some(at)) => format!("kubernetes ({} nodes, synced {} ago)", st.nodes, ago(at)),
-            (None, None) => "kubernetes (listing nodes)".to_string(),
-            (Some((err, since)), Some(at)) => {
-                format!("kubernetes (API failing for {}: {err}; {} nodes as of {} ago)", ago(*since), st.nodes, ago(at))
-            }
-            (Some((err, since)), None) => {
-                format!("kubernetes (API failing for {}: {err}; no node list yet)", ago(*since))
-            }
+/// `kubernetes (3 nodes, synced 3s ago)`, or what is wrong.
+fn describe_discovery(st: &crate::kube::DiscoveryStatus) -> String {
+    let ago = |t: std::time::Instant| secs(t.elapsed().as_secs());
+    match (&st.error, st.synced_at()) {
+        (None, Some(at)) => format!("kubernetes ({} nodes, synced {} ago)", st.nodes, ago(at)),
+        (None, None) => "kubernetes (listing nodes)".to_string(),
+        (Some((err, since)), Some(at)) => {
+            format!("kubernetes (API failing for {}: {err}; {} nodes as of {} ago)", ago(*since), st.nodes, ago(at))
         }
+        (Some((err, since)), None) => format!("kubernetes (API failing for {}: {err}; no node list yet)", ago(*since)),
     }
 }
 
@@ -88,7 +77,7 @@ pub struct Snapshot {
     /// Why the router is not ready yet (empty: ready).
     pub not_ready: Vec<String>,
     /// None: the Kubernetes API is not used.
-    pub kube: Option<DiscoveryView>,
+    pub kube: Option<crate::kube::DiscoveryStatus>,
     /// The NAT task's `weft status` lines.
     pub nat: Vec<(String, String)>,
     pub name: PeerName,
@@ -191,7 +180,7 @@ impl Snapshot {
         let _ = writeln!(out, "         FastDP: {}", self.fastdp);
         match &self.kube {
             Some(k) => {
-                let _ = writeln!(out, "  PeerDiscovery: {}; gossip {}", k.describe(), enabled(self.discovery));
+                let _ = writeln!(out, "  PeerDiscovery: {}; gossip {}", describe_discovery(k), enabled(self.discovery));
             }
             None => {
                 let _ = writeln!(out, "  PeerDiscovery: {}", enabled(self.discovery));

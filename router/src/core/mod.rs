@@ -71,7 +71,7 @@ struct Core {
     /// the refusing side's `weft status` says who was refused and why.
     refused: BTreeMap<std::net::IpAddr, Refused>,
     /// What the Kubernetes task last told us; None without the API.
-    kube: Option<KubeView>,
+    kube: Option<crate::kube::DiscoveryStatus>,
     /// What the NAT task last told us.
     nat: crate::nat::NatState,
     /// This node's IPAM ranges, for the NAT rules.
@@ -79,12 +79,6 @@ struct Core {
     /// Whether the router is ready (for the Kubernetes task's Node condition
     /// and the conflist).
     ready_tx: tokio::sync::watch::Sender<bool>,
-}
-
-/// The Kubernetes API as the core knows it.
-#[derive(Debug, Default)]
-struct KubeView {
-    status: crate::kube::DiscoveryStatus,
 }
 
 impl Core {
@@ -256,8 +250,8 @@ impl Core {
                 return true;
             }
             Command::Kube(crate::kube::KubeEvent::Status(status)) => {
-                if let Some(view) = &mut self.kube {
-                    view.status = status;
+                if let Some(known) = &mut self.kube {
+                    *known = status;
                     self.dirty = true;
                 }
             }

@@ -12,10 +12,10 @@ impl Core {
             why.push("NAT rules not applied yet".to_string());
         }
         if let Some(kube) = &self.kube {
-            let synced = kube.status.listed;
+            let synced = kube.listed;
             // Started while the API is down: with a divided range and the
             // peers we know, the node can carry traffic, degraded.
-            let degraded = kube.status.error.is_some() && self.ipam.is_ready();
+            let degraded = kube.error.is_some() && self.ipam.is_ready();
             if !synced && !degraded {
                 why.push("waiting for the first Kubernetes node list".to_string());
             }

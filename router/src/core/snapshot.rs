@@ -154,7 +154,7 @@ impl Core {
             ipam_gauges: (used, free, unreachable, self.ipam.conflicts() as u64),
             ready: true,
             not_ready: self.not_ready(now),
-            kube: self.kube.as_ref().map(|k| crate::api::status::DiscoveryView { status: k.status.clone() }),
+            kube: self.kube.clone(),
             nat: self.nat.lines.clone(),
             name: self.local.name,
             nickname: self.local.nickname.clone(),

@@ -193,7 +193,7 @@ async fn serve(mut cfg: Config) -> Result<()> {
         last_publish: None,
         dirty: true,
         refused: BTreeMap::new(),
-        kube: kube_enabled.then(super::KubeView::default),
+        kube: kube_enabled.then(crate::kube::DiscoveryStatus::default),
         nat: crate::nat::NatState::default(),
         nat_tx,
         ready_tx,
