@@ -334,6 +334,18 @@ impl NetworkConfig {
 
     /// What plugin `index` gets on stdin (libcni's `buildOneConfig`).
     pub fn plugin_stdin(&self, index: usize, prev_result: Option<&Value>) -> Result<Vec<u8>> {
+        self.plugin_stdin_with(index, prev_result, &Map::new())
+    }
+
+    /// [`Self::plugin_stdin`] with the runtime's capability arguments
+    /// (libcni's `runtimeConfig`, e.g. `portMappings`): each plugin gets
+    /// those its `capabilities` ask for.
+    pub fn plugin_stdin_with(
+        &self,
+        index: usize,
+        prev_result: Option<&Value>,
+        capability_args: &Map<String, Value>,
+    ) -> Result<Vec<u8>> {
         let plugin = self.plugins.get(index).with_context(|| format!("no plugin {index}"))?;
         let mut conf: Map<String, Value> =
             plugin.as_object().cloned().with_context(|| format!("plugin {index} is not an object"))?;
@@ -341,6 +353,14 @@ impl NetworkConfig {
         conf.insert("cniVersion".into(), Value::String(self.cni_version.clone()));
         if let Some(prev) = prev_result {
             conf.insert("prevResult".into(), prev.clone());
+        }
+        let wanted: Map<String, Value> = capability_args
+            .iter()
+            .filter(|(k, _)| plugin.pointer(&format!("/capabilities/{k}")).and_then(Value::as_bool) == Some(true))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !wanted.is_empty() {
+            conf.insert("runtimeConfig".into(), Value::Object(wanted));
         }
         Ok(serde_json::to_vec(&Value::Object(conf))?)
     }
@@ -398,18 +418,34 @@ impl CniRuntime {
     }
 
     fn exec_plugin_n(&self, index: usize, env: &CniEnv, prev: Option<&Value>) -> Result<CniOutput> {
-        let stdin = self.config.plugin_stdin(index, prev)?;
+        self.exec_plugin_with(index, env, prev, &Map::new())
+    }
+
+    fn exec_plugin_with(
+        &self,
+        index: usize,
+        env: &CniEnv,
+        prev: Option<&Value>,
+        capability_args: &Map<String, Value>,
+    ) -> Result<CniOutput> {
+        let stdin = self.config.plugin_stdin_with(index, prev, capability_args)?;
         self.exec_raw(self.config.plugin_type(index)?, env, Some(&stdin))
     }
 
     /// ADD through the whole list; the output of the last plugin run (the
     /// first failure stops the chain, as in libcni). Success is cached.
     pub fn add(&self, att: &Attachment) -> Result<CniOutput> {
+        self.add_with(att, &Map::new())
+    }
+
+    /// [`Self::add`] with the runtime's capability arguments (e.g.
+    /// `portMappings` for hostPorts), as libcni passes them.
+    pub fn add_with(&self, att: &Attachment, capability_args: &Map<String, Value>) -> Result<CniOutput> {
         let env = CniEnv::for_attachment("ADD", att, self.bins.path());
         let mut prev: Option<Value> = None;
         let mut last = None;
         for i in 0..self.config.plugins.len() {
-            let out = self.exec_plugin_n(i, &env, prev.as_ref())?;
+            let out = self.exec_plugin_with(i, &env, prev.as_ref(), capability_args)?;
             if !out.success() {
                 return Ok(out);
             }
