@@ -11,10 +11,8 @@
 //! conflist is left in place when the router stops: a rolling update must
 //! not flap the node's readiness.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -73,7 +71,7 @@ pub fn install_plugin(source: &Path, bin_dir: &Path) -> Result<(PathBuf, Install
     if same_file_content(&dest, &data, true) {
         return Ok((dest, Installed::Unchanged));
     }
-    replace_file(&dest, &data, 0o755)?;
+    crate::atomic_file::replace(&dest, &data, 0o755)?;
     Ok((dest, Installed::Written))
 }
 
@@ -103,7 +101,7 @@ pub fn write_conflist(conf_dir: &Path, bin_dir: &Path, http_addr: Option<SocketA
     let text = conflist(has_plugin(bin_dir, "portmap"), http_addr);
     let dest = conf_dir.join(CONFLIST_NAME);
     if !same_file_content(&dest, text.as_bytes(), false) {
-        replace_file(&dest, text.as_bytes(), 0o644)?;
+        crate::atomic_file::replace(&dest, text.as_bytes(), 0o644)?;
     }
     Ok(dest)
 }
@@ -139,42 +137,6 @@ fn same_file_content(path: &Path, data: &[u8], executable: bool) -> bool {
         return false;
     }
     std::fs::read(path).is_ok_and(|current| current == data)
-}
-
-/// Replaces `path` with `data` atomically and durably: a temp file in the
-/// same directory (whose name no runtime loads: not `*.conf`, `*.conflist`
-/// or `*.json`), fsynced, renamed over `path`, then the directory fsynced.
-fn replace_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().with_context(|| format!("{} has no parent directory", path.display()))?;
-    let name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.weft-tmp", name.to_string_lossy()));
-    // A leftover of an interrupted run (never followed if it is a symlink).
-    match std::fs::remove_file(&tmp) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            return Err(err).with_context(|| format!("removing the leftover {}", tmp.display()))
-        }
-        _ => {}
-    }
-    let written = (|| -> Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(data).with_context(|| format!("writing {}", tmp.display()))?;
-        // The umask may have narrowed `mode`.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
-        file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing the directory {}", dir.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

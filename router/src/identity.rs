@@ -33,13 +33,7 @@ pub fn new_uid() -> u64 {
     rand::random::<u64>() | 1
 }
 
-/// Write-then-rename so that a crash never leaves a half-written file.
+/// What the router keeps in its data dir is written whole or not at all.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::atomic_file::replace(path, data, 0o644)
 }

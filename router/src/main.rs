@@ -2,6 +2,7 @@
 //! over its HTTP API.
 
 mod api;
+mod atomic_file;
 mod cli;
 mod cni_install;
 mod command;

@@ -23,7 +23,7 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The router's files under its data dir. Their write-then-rename
-/// leftovers are these with the extension `tmp` (see `write_atomic`).
+/// leftovers are their `atomic_file::temp_path`s.
 const STATE_FILES: [&str; 4] =
     [crate::identity::NAME_FILE, crate::ipam::STATE_FILE, crate::kube::MARKER_FILE, crate::kube::NODES_CACHE_FILE];
 
@@ -189,7 +189,9 @@ fn named<'a>(links: &'a [LinkDetails], name: &str, wanted: LinkKind) -> Option<&
 fn remove_state(data_dir: &Path, tally: &mut Tally) {
     for name in STATE_FILES {
         let path = data_dir.join(name);
-        for path in [path.with_extension("tmp"), path] {
+        // Also the temp file of an older weft (`NAME.tmp`).
+        let leftovers = [crate::atomic_file::temp_path(&path), Some(path.with_extension("tmp"))];
+        for path in leftovers.into_iter().flatten().chain([path]) {
             match std::fs::remove_file(&path) {
                 Ok(()) => tally.removed(path.display()),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
