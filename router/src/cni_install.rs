@@ -142,6 +142,7 @@ fn same_file_content(path: &Path, data: &[u8], executable: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::os::unix::fs::MetadataExt;
 
     /// A fresh directory under the system temp dir, removed on drop.
