@@ -731,3 +731,31 @@ fn aes_256_gcm_cluster() {
         ping_both_ways(&p[0], &p[1], PINGS, REACH)
     });
 }
+
+#[test]
+fn simultaneous_dials_never_cost_a_genuine_datagram() {
+    // Both routers dial each other at once: each ends up with two
+    // connections, keeps one by the shared tie-break and closes the other,
+    // whose keys may have sealed a heartbeat or frame still in flight.
+    with_cluster(2, |c| {
+        let args = password_args(c, "race", "correct horse")?;
+        for round in 0..6 {
+            start(c, 0, &args, &[1])?;
+            start(c, 1, &args, &[0])?;
+            c.wait_mesh(&[0, 1], REACH)?;
+            let p = pods(c, &[0, 1])?;
+            p[0].ping_ok(p[1].ip(), 3, REACH)?;
+            for i in 0..2 {
+                let m = c.metrics(i)?;
+                for reason in ["auth_failed", "no_session", "unknown_epoch", "replay"] {
+                    let n = metric_sum(&m, "weft_drops_total", &format!("reason=\"{reason}\""));
+                    ensure!(n == 0.0, "round {round}: node{i} dropped {n} genuine datagrams as {reason}");
+                }
+            }
+            drop(p);
+            c.stop_router(0)?;
+            c.stop_router(1)?;
+        }
+        Ok(())
+    });
+}
