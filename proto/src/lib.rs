@@ -14,6 +14,7 @@ pub mod fastdp;
 pub mod icmp;
 pub mod ipam;
 pub mod mac_table;
+pub mod offload;
 pub mod peer_name;
 pub mod reclaim;
 pub mod sleeve;

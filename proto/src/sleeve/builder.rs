@@ -19,6 +19,15 @@ pub struct Full {
     pub room: usize,
 }
 
+/// Why [`DatagramBuilder::push_frame_with`] kept nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError<E> {
+    #[error(transparent)]
+    Full(Full),
+    #[error("writing the frame failed: {0}")]
+    Fill(E),
+}
+
 /// Accumulates frame records into a FRAMES datagram. Slice the buffer to
 /// the path's maximum UDP payload: the builder fills all of it.
 #[derive(Debug)]
@@ -59,20 +68,40 @@ impl<'b> DatagramBuilder<'b> {
     }
 
     pub fn push_frame(&mut self, origin: PeerName, dest: PeerName, frame: &[u8]) -> Result<(), Full> {
-        let full = Full { frame_len: frame.len(), room: self.room() };
-        let len16 = u16::try_from(frame.len()).map_err(|_| full)?;
-        let end = self.len + FRAME_HEADER_LEN + frame.len();
+        self.push_frame_with(origin, dest, frame.len(), |body| {
+            body.copy_from_slice(frame);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .map_err(|e| match e {
+            PushError::Full(full) => full,
+            PushError::Fill(never) => match never {},
+        })
+    }
+
+    /// Appends a record of `len` frame bytes that `fill` writes straight
+    /// into the datagram (a segment cut from a super-frame, say), so the
+    /// frame is never copied twice. If `fill` fails, nothing is kept.
+    pub fn push_frame_with<E>(
+        &mut self,
+        origin: PeerName,
+        dest: PeerName,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), PushError<E>> {
+        let full = Full { frame_len: len, room: self.room() };
+        let len16 = u16::try_from(len).map_err(|_| PushError::Full(full))?;
+        let end = self.len + FRAME_HEADER_LEN + len;
         if end > self.limit {
-            return Err(full);
+            return Err(PushError::Full(full));
         }
-        let record = self.buf.get_mut(self.start + self.len..self.start + end).ok_or(full)?;
+        let record = self.buf.get_mut(self.start + self.len..self.start + end).ok_or(PushError::Full(full))?;
         let (header, body) = record.split_at_mut(FRAME_HEADER_LEN);
+        fill(body).map_err(PushError::Fill)?;
         let (names, len_field) = header.split_at_mut(2 * PeerName::LEN);
         let (o, d) = names.split_at_mut(PeerName::LEN);
         o.copy_from_slice(origin.as_bytes());
         d.copy_from_slice(dest.as_bytes());
         len_field.copy_from_slice(&len16.to_be_bytes());
-        body.copy_from_slice(frame);
         self.len = end;
         self.frames += 1;
         Ok(())
@@ -234,6 +263,25 @@ mod tests {
         // Re-new on the same buffer works too.
         let b = DatagramBuilder::new(&mut buf, me).unwrap();
         assert_eq!(b.finish(), HEADER_LEN);
+    }
+
+    #[test]
+    fn push_frame_with_writes_in_place_and_keeps_nothing_on_failure() {
+        let me = PeerName::from_bytes([2, 0, 0, 0, 0, 1]);
+        let mut buf = [0u8; 128];
+        let mut b = DatagramBuilder::new(&mut buf, me).unwrap();
+        b.push_frame_with(me, me, 5, |body| {
+            body.copy_from_slice(b"hello");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        let before = b.len();
+        assert_eq!(b.push_frame_with(me, me, 3, |_| Err("no")), Err(PushError::Fill("no")));
+        assert_eq!((b.len(), b.frame_count()), (before, 1));
+        assert!(matches!(b.push_frame_with(me, me, 200, |_| Ok::<(), ()>(())), Err(PushError::Full(_))));
+        let n = b.finish();
+        let (_, got) = frames_of(&buf[..n]);
+        assert_eq!(got, vec![SleeveFrame { origin: me, dest: me, frame: b"hello" }]);
     }
 
     #[test]

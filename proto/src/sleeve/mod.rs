@@ -37,7 +37,7 @@ mod builder;
 mod datagram;
 mod sealed;
 
-pub use builder::{write_heartbeat, DatagramBuilder, Full};
+pub use builder::{write_heartbeat, DatagramBuilder, Full, PushError};
 pub use datagram::{parse, Datagram, FrameIter, SleeveFrame};
 pub use sealed::{
     open, seal, sealed_header, sealed_max_frame_len, sealed_overlay_mtu, SealError, SealedHeader, UnsealError,
