@@ -2,7 +2,8 @@
 //! protected cluster forms, reports itself encrypted and carries traffic;
 //! an eavesdropper on the underlay sees no plaintext (and does see it
 //! without a password, so the check can fail); a wrong or missing password
-//! and a cipher mismatch are refused with the documented reasons;
+//! and a cipher mismatch are refused with the documented reasons; the
+//! default `--cipher auto` negotiates each connection's cipher;
 //! replayed and forged datagrams are counted and dropped without harm;
 //! keys rotate many times under load without losing a byte.
 //!
@@ -49,6 +50,32 @@ const PASSWORD_DIFFERS: &str = "authentication failed: password differs";
 const PEER_HAS_NO_PASSWORD: &str = "encryption mismatch: peer has no password";
 const PEER_REQUIRES_PASSWORD: &str = "encryption mismatch: peer requires a password";
 const CIPHER_MISMATCH: &str = "cipher mismatch";
+
+/// What a node shows and uses for its cipher: `weft status`'s
+/// `Encryption: enabled (STATUS)` and the cipher its connections
+/// negotiated (in `weft status connections` and `/report`'s attrs).
+#[derive(Debug, Clone, Copy)]
+struct Ciphers {
+    status: &'static str,
+    conn: &'static str,
+}
+
+const FIXED_CHACHA: Ciphers = Ciphers { status: CHACHA, conn: CHACHA };
+const FIXED_AES: Ciphers = Ciphers { status: AES, conn: AES };
+
+/// No `--cipher` (auto), between two routers of this machine: AES-256-GCM
+/// with AES instructions, else ChaCha20-Poly1305.
+fn auto_ciphers() -> Result<Ciphers> {
+    Ok(if cpu_has_aes()? {
+        Ciphers { status: "auto: aes-256-gcm with peers that have AES instructions, else chacha20-poly1305", conn: AES }
+    } else {
+        Ciphers {
+            status:
+                "auto: chacha20-poly1305, this CPU has no AES instructions; aes-256-gcm only with peers fixed to it",
+            conn: CHACHA,
+        }
+    })
+}
 
 /// Every 100 messages (and every second): a 50 MB transfer (~36k sleeve
 /// datagrams) then goes through more than 256 epochs, so the one-byte epoch
@@ -109,11 +136,11 @@ fn connections(c: &Cluster, i: usize) -> Result<(Vec<ConnLine>, String)> {
     Ok((ConnLine::parse_all(&text), text))
 }
 
-/// `(Address, State, Attrs.encrypted)` of one `/report` connection.
-type ConnEncryption = (String, String, Option<bool>);
+/// `(Address, State, Attrs.encrypted, Attrs.cipher)` of one `/report` connection.
+type ConnEncryption = (String, String, Option<bool>, Option<String>);
 
 /// `Router.Encryption` and, per entry of `Router.Connections`, its
-/// `(Address, State, Attrs.encrypted)`.
+/// `(Address, State, Attrs.encrypted, Attrs.cipher)`.
 fn report_encryption(c: &Cluster, i: usize) -> Result<(Option<bool>, Vec<ConnEncryption>)> {
     let r = c.report(i)?;
     let router = r.router()?;
@@ -127,19 +154,22 @@ fn report_encryption(c: &Cluster, i: usize) -> Result<(Option<bool>, Vec<ConnEnc
         conns
             .iter()
             .map(|c| {
-                let encrypted = c.get("Attrs").and_then(|a| a.get("encrypted")).and_then(Value::as_bool);
-                (s(c, "Address"), s(c, "State"), encrypted)
+                let attrs = c.get("Attrs");
+                let encrypted = attrs.and_then(|a| a.get("encrypted")).and_then(Value::as_bool);
+                let cipher = attrs.and_then(|a| a.get("cipher")).and_then(Value::as_str).map(str::to_owned);
+                (s(c, "Address"), s(c, "State"), encrypted, cipher)
             })
             .collect(),
     ))
 }
 
-/// Node `i` says it encrypts with `cipher`, has the fast path off, and has
-/// exactly `peers` established connections, every one on the sleeve and
-/// encrypted (in `weft status connections` and in `/report`).
-fn check_encrypted_node(c: &Cluster, i: usize, cipher: &str, peers: usize) -> Result<()> {
+/// Node `i` says it encrypts as `ciphers.status` says, has the fast path
+/// off, and has exactly `peers` established connections, every one on the
+/// sleeve and encrypted with `ciphers.conn` (in `weft status connections`
+/// and in `/report`).
+fn check_encrypted_node(c: &Cluster, i: usize, ciphers: Ciphers, peers: usize) -> Result<()> {
     let st = status(c, i)?;
-    let want = format!("Encryption: enabled ({cipher})");
+    let want = format!("Encryption: enabled ({})\n", ciphers.status);
     ensure!(st.contains(&want), "node{i} `weft status` lacks {want:?}:\n{st}");
     ensure!(
         st.contains("FastDP: disabled (encrypted"),
@@ -152,6 +182,7 @@ fn check_encrypted_node(c: &Cluster, i: usize, cipher: &str, peers: usize) -> Re
         "node{i}: {} established connections, want {peers}:\n{text}",
         established.len()
     );
+    let with_cipher = format!("encrypted ({})", ciphers.conn);
     for l in &established {
         ensure!(
             l.has_word("encrypted") && l.has_word("sleeve") && !l.has_word("unencrypted") && !l.has_word("fastdp"),
@@ -159,16 +190,35 @@ fn check_encrypted_node(c: &Cluster, i: usize, cipher: &str, peers: usize) -> Re
             l.address,
             l.info
         );
+        ensure!(
+            l.info.contains(&with_cipher),
+            "node{i}: established connection {} does not say {with_cipher:?}: {:?}\n{text}",
+            l.address,
+            l.info
+        );
     }
     let (enc, conns) = report_encryption(c, i)?;
     ensure!(enc == Some(true), "node{i} /report Router.Encryption is {enc:?}, want true");
-    for (addr, state, encrypted) in conns.iter().filter(|(_, s, _)| s == "established") {
+    for (addr, state, encrypted, cipher) in conns.iter().filter(|(_, s, _, _)| s == "established") {
         ensure!(
-            *encrypted == Some(true),
-            "node{i} /report: established connection {addr} ({state}) has Attrs.encrypted {encrypted:?}"
+            *encrypted == Some(true) && cipher.as_deref() == Some(ciphers.conn),
+            "node{i} /report: established connection {addr} ({state}) has Attrs.encrypted {encrypted:?}, \
+             Attrs.cipher {cipher:?}; want true, {:?}",
+            ciphers.conn
         );
     }
     Ok(())
+}
+
+/// The cipher `/report` gives node `i`'s established connection to node
+/// `peer` (`None`: no such connection, or no cipher attribute).
+fn cipher_to(c: &Cluster, i: usize, peer: usize) -> Result<Option<String>> {
+    let (_, conns) = report_encryption(c, i)?;
+    let ip = c.node_ip(peer).to_string();
+    Ok(conns
+        .into_iter()
+        .find(|(addr, state, _, _)| state == "established" && weft_tests::report::address_host(addr) == ip)
+        .and_then(|(_, _, _, cipher)| cipher))
 }
 
 /// Sum of `name{labels...}` on node `i`.
@@ -256,7 +306,8 @@ fn transfer(a: &Pod, b: &Pod, bytes: u64) -> Result<()> {
 
 #[test]
 fn parse_status_connection_lines() {
-    let text = "-> 172.31.0.1:6783        established sleeve encrypted 02:00:00:00:00:01(node0) mtu=1343\n\
+    let text =
+        "-> 172.31.0.1:6783        established sleeve encrypted (aes-256-gcm) 02:00:00:00:00:01(node0) mtu=1343\n\
                 <- 172.31.0.3:41234       failed      authentication failed: password differs\n\
                 -> 172.31.0.4:6783        retrying    encryption mismatch: peer has no password, retry in 3s\n\
                 garbage line\n";
@@ -264,6 +315,7 @@ fn parse_status_connection_lines() {
     assert_eq!(lines.len(), 3);
     assert!(lines[0].outbound && lines[0].is_established());
     assert!(lines[0].has_word("encrypted") && !lines[0].has_word("unencrypted"));
+    assert!(lines[0].info.contains("encrypted (aes-256-gcm)"));
     assert_eq!(lines[1].address, "172.31.0.3:41234");
     assert!(!lines[1].outbound && lines[1].is_refused_for(PASSWORD_DIFFERS));
     assert!(lines[2].is_refused_for(PEER_HAS_NO_PASSWORD) && !lines[2].is_refused_for(PEER_REQUIRES_PASSWORD));
@@ -277,8 +329,9 @@ fn encrypted_cluster_pings_and_transfers() {
     with_built_cluster(Cluster::builder().nodes(3).router_env("WEFT_PASSWORD", PASSWORD), |c| {
         start_routers(c, &[&[], &[0], &[0]], &[])?;
         c.wait_mesh(&[0, 1, 2], CONVERGE)?;
+        let auto = auto_ciphers()?;
         for i in 0..3 {
-            check_encrypted_node(c, i, CHACHA, 2)?;
+            check_encrypted_node(c, i, auto, 2)?;
         }
         let p = pods(c, &[0, 1, 2])?;
         ping_all_pairs(&p.iter().collect::<Vec<_>>(), PINGS, REACH)?;
@@ -287,7 +340,7 @@ fn encrypted_cluster_pings_and_transfers() {
         // Still the same picture after bulk traffic.
         c.wait_mesh(&[0, 1, 2], Duration::ZERO).context("the mesh changed during the transfers")?;
         for i in 0..3 {
-            check_encrypted_node(c, i, CHACHA, 2)?;
+            check_encrypted_node(c, i, auto, 2)?;
             // Genuine traffic, heartbeats included from the first one on,
             // always finds its keys and always verifies.
             let m = c.metrics(i)?;
@@ -520,7 +573,7 @@ fn password_sources_take_precedence() {
         c.wait_mesh(&[0, 1], CONVERGE).context("WEFT_PASSWORD did not take precedence over WEAVE_PASSWORD")?;
         wait_refused(c, 2, PASSWORD_DIFFERS, Some(2)).context("--password-file did not take precedence")?;
         for i in [0, 1] {
-            check_encrypted_node(c, i, CHACHA, 1)?;
+            check_encrypted_node(c, i, auto_ciphers()?, 1)?;
         }
         Ok(())
     });
@@ -610,7 +663,7 @@ fn replayed_and_tampered_datagrams_are_dropped() {
         for (i, &before) in terminations.iter().enumerate() {
             let t = c.report(i)?.termination_count()?;
             ensure!(t == before, "node{i}: connection terminations {before} -> {t}");
-            check_encrypted_node(c, i, CHACHA, 1)?;
+            check_encrypted_node(c, i, auto_ciphers()?, 1)?;
         }
         ping_both_ways(&p[0], &p[1], PINGS, REACH)
     });
@@ -661,7 +714,7 @@ fn rekeys_many_times_during_transfer() {
             ensure!(t == before, "node{i}: connection terminations {before} -> {t} across rekeys");
             let a = metric(c, i, "weft_auth_failures_total", &[])?;
             ensure!(a == auth_before, "node{i}: weft_auth_failures_total {auth_before} -> {a} across genuine rekeys");
-            check_encrypted_node(c, i, CHACHA, 1)?;
+            check_encrypted_node(c, i, auto_ciphers()?, 1)?;
         }
         Ok(())
     });
@@ -708,18 +761,18 @@ fn aes_256_gcm_cluster() {
 
         start(c, 0, &aes, &[])?;
         start(c, 1, &aes, &[0])?;
-        // Node 2 keeps the default cipher: refused by both.
-        start(c, 2, &[], &[0, 1])?;
+        // Node 2 is fixed to the other cipher: refused by both.
+        start(c, 2, &["--cipher".to_owned(), CHACHA.to_owned()], &[0, 1])?;
         c.wait_mesh(&[0, 1], CONVERGE)?;
         for i in [0, 1] {
-            check_encrypted_node(c, i, AES, 1)?;
+            check_encrypted_node(c, i, FIXED_AES, 1)?;
         }
         let p = pods(c, &[0, 1])?;
         ping_both_ways(&p[0], &p[1], PINGS, REACH)?;
         transfer(&p[0], &p[1], MEDIUM)?;
 
         let st = status(c, 2)?;
-        let want = format!("Encryption: enabled ({CHACHA})");
+        let want = format!("Encryption: enabled ({})\n", FIXED_CHACHA.status);
         ensure!(st.contains(&want), "node2 `weft status` lacks {want:?}:\n{st}");
         wait_refused(c, 2, CIPHER_MISMATCH, Some(2))?;
         wait_refused(c, 0, CIPHER_MISMATCH, Some(2))?;
@@ -729,6 +782,56 @@ fn aes_256_gcm_cluster() {
         ensure_isolated(c, 2)?;
         c.wait_mesh(&[0, 1], Duration::ZERO).context("the refusal disturbed nodes 0 and 1")?;
         ping_both_ways(&p[0], &p[1], PINGS, REACH)
+    });
+}
+
+/// Without `--cipher` (auto) each connection negotiates its cipher: the
+/// two auto routers (nodes 0 and 1) use AES-256-GCM with each other on this
+/// machine (ChaCha20-Poly1305 on one without AES instructions), and
+/// ChaCha20-Poly1305 with node 2, which is fixed to it. With the underlay
+/// between nodes 1 and 2 blocked, their pods talk through node 0, which
+/// opens each frame with one cipher and re-seals it with the other.
+#[test]
+fn auto_cipher_is_negotiated_per_connection() {
+    with_built_cluster(Cluster::builder().nodes(3).router_env("WEFT_PASSWORD", PASSWORD), |c| {
+        let auto = auto_ciphers()?;
+        c.block_underlay(1, 2)?;
+        start(c, 0, &[], &[])?;
+        start(c, 1, &[], &[0])?;
+        start(c, 2, &["--cipher".to_owned(), CHACHA.to_owned()], &[0])?;
+        let links = [(0, 1, auto.conn), (1, 0, auto.conn), (0, 2, CHACHA), (2, 0, CHACHA)];
+        let mut seen = Vec::new();
+        wait_until(CONVERGE, Duration::from_millis(200), || {
+            seen =
+                links.iter().map(|&(i, peer, _)| Ok((i, peer, cipher_to(c, i, peer)?))).collect::<Result<Vec<_>>>()?;
+            Ok(seen.iter().all(|(_, _, cipher)| cipher.is_some()))
+        })
+        .with_context(|| format!("the links 0-1 and 0-2 never all established with a cipher: {seen:?}"))?;
+        for ((i, peer, cipher), (_, _, want)) in seen.iter().zip(links) {
+            ensure!(cipher.as_deref() == Some(want), "node{i}'s connection to node{peer} uses {cipher:?}, want {want}");
+        }
+        for (i, shown) in [(0, auto.status), (1, auto.status), (2, FIXED_CHACHA.status)] {
+            let st = status(c, i)?;
+            let want = format!("Encryption: enabled ({shown})\n");
+            ensure!(st.contains(&want), "node{i} `weft status` lacks {want:?}:\n{st}");
+        }
+        let (_, text) = connections(c, 0)?;
+        for want in [format!("encrypted ({})", auto.conn), format!("encrypted ({CHACHA})")] {
+            ensure!(text.contains(&want), "node0 `weft status connections` lacks {want:?}:\n{text}");
+        }
+
+        let p = pods(c, &[0, 1, 2])?;
+        ping_all_pairs(&p.iter().collect::<Vec<_>>(), PINGS, REACH)?;
+        transfer(&p[1], &p[2], MEDIUM).context("relayed from an AES link onto a ChaCha one")?;
+        transfer(&p[2], &p[1], MEDIUM).context("relayed from a ChaCha link onto an AES one")?;
+        for i in 0..3 {
+            let m = c.metrics(i)?;
+            for reason in ["auth_failed", "no_session", "unencrypted", "unknown_epoch", "replay"] {
+                let n = metric_sum(&m, "weft_drops_total", &format!("reason=\"{reason}\""));
+                ensure!(n == 0.0, "node{i} dropped {n} genuine datagrams as {reason}");
+            }
+        }
+        Ok(())
     });
 }
 

@@ -61,10 +61,13 @@ pub struct RouterArgs {
     /// WEFT_PASSWORD or WEAVE_PASSWORD.
     #[arg(long, env = "WEFT_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
-    /// The AEAD for encrypted links, the same on every peer:
-    /// chacha20-poly1305 or aes-256-gcm (needs AES instructions).
-    #[arg(long, env = "WEFT_CIPHER", default_value = "chacha20-poly1305")]
-    pub cipher: weft_proto::crypto::Cipher,
+    /// The AEAD for encrypted links. auto: per connection, aes-256-gcm
+    /// when both ends have AES instructions, else chacha20-poly1305 (a peer
+    /// set to one cipher gets that one). chacha20-poly1305 or aes-256-gcm
+    /// (needs AES instructions): exactly this cipher; a peer set to the
+    /// other one is refused.
+    #[arg(long, env = "WEFT_CIPHER", default_value = "auto", value_name = "auto|chacha20-poly1305|aes-256-gcm")]
+    pub cipher: CipherSetting,
     /// Test only: rotate sleeve and control keys after this many messages.
     #[arg(long, env = "WEFT_TEST_REKEY_AFTER_MESSAGES", hide = true)]
     pub test_rekey_after_messages: Option<u64>,
@@ -115,6 +118,43 @@ pub struct RouterArgs {
     pub kube_peers: Vec<String>,
 }
 
+/// `--cipher` as given: `auto`, or one cipher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherSetting {
+    Auto,
+    Fixed(weft_proto::crypto::Cipher),
+}
+
+impl std::str::FromStr for CipherSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(CipherSetting::Auto);
+        }
+        s.trim()
+            .parse()
+            .map(CipherSetting::Fixed)
+            .map_err(|_| format!("unknown cipher {s:?}: expected auto, chacha20-poly1305 or aes-256-gcm"))
+    }
+}
+
+impl CipherSetting {
+    /// The choice each connection's negotiation starts from; `auto` with
+    /// whether this CPU has AES instructions.
+    fn choice(self) -> anyhow::Result<weft_proto::control::CipherChoice> {
+        use weft_proto::control::CipherChoice;
+        use weft_proto::crypto::Cipher;
+        match self {
+            CipherSetting::Auto => Ok(CipherChoice::Auto { aes_capable: Cipher::Aes256Gcm.hardware_accelerated() }),
+            CipherSetting::Fixed(cipher) if !cipher.hardware_accelerated() => anyhow::bail!(
+                "--cipher {cipher}: this CPU has no AES instructions; use auto (the default) or chacha20-poly1305"
+            ),
+            CipherSetting::Fixed(cipher) => Ok(CipherChoice::Fixed(cipher)),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: Option<weft_proto::PeerName>,
@@ -141,17 +181,17 @@ pub struct Config {
     pub no_masq_local: bool,
     pub cni_conf_dir: Option<PathBuf>,
     pub cni_bin_dir: PathBuf,
-    /// The password (not yet stretched) and cipher; `None`: unencrypted.
+    /// The password (not yet stretched) and cipher choice; `None`: unencrypted.
     pub password: Option<Password>,
 }
 
-/// A password as given, with the cipher and rekey limits to use it with.
+/// A password as given, with the cipher choice and rekey limits to use it with.
 #[derive(Clone)]
 pub struct Password {
     pub secret: Vec<u8>,
     /// Where it came from, for logs: never the password itself.
     pub source: &'static str,
-    pub cipher: weft_proto::crypto::Cipher,
+    pub cipher: weft_proto::control::CipherChoice,
     pub rekey: weft_proto::crypto::RekeyPolicy,
 }
 
@@ -168,6 +208,14 @@ impl Drop for Password {
 }
 
 impl Password {
+    /// The cipher choice as the startup log says it.
+    pub fn cipher_description(&self) -> String {
+        match self.cipher {
+            weft_proto::control::CipherChoice::Fixed(cipher) => format!("{cipher}, fixed by --cipher"),
+            auto => auto.to_string(),
+        }
+    }
+
     /// Stretches the password into the cluster key: deliberately slow
     /// (Argon2id, see docs/encryption.md), done once at start.
     pub fn encryption(&self) -> anyhow::Result<weft_proto::control::Encryption> {
@@ -238,12 +286,7 @@ impl Config {
         let password = match read_password(args.password_file.as_deref())? {
             None => None,
             Some((secret, source)) => {
-                if !args.cipher.hardware_accelerated() {
-                    anyhow::bail!(
-                        "--cipher {}: this CPU has no AES instructions; use chacha20-poly1305 on every peer",
-                        args.cipher
-                    );
-                }
+                let cipher = args.cipher.choice()?;
                 let mut rekey = weft_proto::crypto::RekeyPolicy::default();
                 if let Some(n) = args.test_rekey_after_messages {
                     rekey.after_messages = n.max(1);
@@ -251,7 +294,7 @@ impl Config {
                 if let Some(secs) = args.test_rekey_after_secs {
                     rekey.after_time = std::time::Duration::from_secs(secs.max(1));
                 }
-                Some(Password { secret, source, cipher: args.cipher, rekey })
+                Some(Password { secret, source, cipher, rekey })
             }
         };
         Ok(Config {
@@ -367,6 +410,23 @@ mod tests {
             assert_eq!(vars, vec![("WEFT_NO_FASTDP", "true".to_string())], "{value}");
         }
         assert!(weave(&[("WEAVE_NO_FASTDP", "")], &[]).0.is_empty());
+    }
+
+    #[test]
+    fn cipher_setting_parses_auto_and_both_ciphers() {
+        use weft_proto::crypto::Cipher;
+        assert_eq!("auto".parse(), Ok(CipherSetting::Auto));
+        assert_eq!("AUTO".parse(), Ok(CipherSetting::Auto));
+        assert_eq!("chacha20-poly1305".parse(), Ok(CipherSetting::Fixed(Cipher::ChaCha20Poly1305)));
+        assert_eq!("aes-256-gcm".parse(), Ok(CipherSetting::Fixed(Cipher::Aes256Gcm)));
+        let err = "des".parse::<CipherSetting>().unwrap_err();
+        assert!(err.contains("auto") && err.contains("aes-256-gcm"), "{err}");
+        let aes = Cipher::Aes256Gcm.hardware_accelerated();
+        assert_eq!(
+            CipherSetting::Auto.choice().ok(),
+            Some(weft_proto::control::CipherChoice::Auto { aes_capable: aes })
+        );
+        assert_eq!(CipherSetting::Fixed(Cipher::Aes256Gcm).choice().is_ok(), aes);
     }
 
     #[test]

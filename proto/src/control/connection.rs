@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{DecodeError, Writer};
 use crate::crypto::noise::{NoiseError, NoiseHandshake};
-use crate::crypto::{OpenError, Opener, Sealer};
+use crate::crypto::{Cipher, OpenError, Opener, Sealer};
 use crate::PeerName;
 
 use super::framing::{write_frame, FrameDecoder, FrameError};
@@ -154,6 +154,8 @@ pub struct Connection {
     their_preamble: [u8; 2],
     our_hello: Vec<u8>,
     encryption: Option<Arc<Encryption>>,
+    /// The cipher negotiated from both `Hello`s (with encryption).
+    cipher: Option<Cipher>,
     entropy: [u8; 32],
     /// The remote as its `Hello` announced it, from the moment it arrives
     /// (so a refused peer can still be named).
@@ -266,6 +268,7 @@ impl Connection {
             their_preamble: [0; 2],
             our_hello,
             encryption: local.encryption,
+            cipher: None,
             entropy,
             announced: None,
             noise: None,
@@ -291,6 +294,15 @@ impl Connection {
     /// Whether control frames are sealed (the Noise handshake completed).
     pub fn encrypted(&self) -> bool {
         self.out.sealer.is_some()
+    }
+
+    /// The cipher this connection's control frames and sleeve datagrams
+    /// are sealed with, as negotiated from both `Hello`s (see
+    /// `secure::negotiate`): known once the remote's `Hello` is in, before
+    /// the Noise handshake (so see `encrypted` for whether keys exist);
+    /// `None` without encryption.
+    pub fn cipher(&self) -> Option<Cipher> {
+        self.cipher
     }
 
     /// The sleeve's keys for this connection, once: the data path takes
@@ -505,7 +517,7 @@ impl Connection {
             self.complete_handshake(now, remote);
             return Ok(());
         };
-        secure::negotiate(Some(&enc), remote.features)?;
+        self.cipher = secure::negotiate(Some(&enc), remote.features)?;
         let ours = (self.our_preamble.as_slice(), self.our_hello.as_slice());
         let theirs = (self.their_preamble.as_slice(), raw);
         let prologue = if self.outbound { secure::prologue(ours, theirs) } else { secure::prologue(theirs, ours) };
@@ -523,7 +535,7 @@ impl Connection {
     }
 
     fn on_noise(&mut self, now: Instant, msg: &[u8]) -> Result<(), ConnectionError> {
-        let (Some(noise), Some(enc)) = (self.noise.as_mut(), self.encryption.clone()) else {
+        let (Some(noise), Some(enc), Some(cipher)) = (self.noise.as_mut(), self.encryption.clone(), self.cipher) else {
             return Err(ConnectionError::Noise(NoiseError::OutOfTurn));
         };
         if let Err(e) = noise.read_message(msg) {
@@ -547,14 +559,14 @@ impl Connection {
         }
         let Some(noise) = self.noise.take() else { return Ok(()) };
         let secrets = noise.finish().map_err(ConnectionError::Noise)?;
-        self.out.sealer = Some(Sealer::new(enc.cipher, secrets.control_tx, enc.rekey, now));
-        self.opener = Some(Opener::new(enc.cipher, secrets.control_rx));
+        self.out.sealer = Some(Sealer::new(cipher, secrets.control_tx, enc.rekey, now));
+        self.opener = Some(Opener::new(cipher, secrets.control_rx));
         // The initiator finishes on the responder's last message, so the
         // responder already has its keys; the responder waits for proof.
         self.remote_has_keys = self.outbound;
         self.sleeve_keys = Some(SleeveKeys {
-            sealer: Sealer::new(enc.cipher, secrets.sleeve_tx, enc.rekey, now),
-            opener: Opener::new(enc.cipher, secrets.sleeve_rx),
+            sealer: Sealer::new(cipher, secrets.sleeve_tx, enc.rekey, now),
+            opener: Opener::new(cipher, secrets.sleeve_rx),
         });
         if let Some(remote) = self.announced.clone() {
             self.complete_handshake(now, remote);
@@ -1178,10 +1190,14 @@ mod tests {
     /// The encrypted handshake, on the same simulated pair.
     mod encrypted {
         use super::*;
-        use crate::control::{Encryption, Refusal, FEATURE_ENCRYPTION};
+        use crate::control::{CipherChoice, Encryption, Refusal, FEATURE_ENCRYPTION};
         use crate::crypto::{Cipher, Psk, RekeyPolicy};
 
         fn with_password(last: u8, password: u8, cipher: Cipher) -> LocalPeer {
+            with_choice(last, password, CipherChoice::Fixed(cipher))
+        }
+
+        fn with_choice(last: u8, password: u8, cipher: CipherChoice) -> LocalPeer {
             let encryption = Encryption { psk: Psk::from_bytes([password; 32]), cipher, rekey: RekeyPolicy::default() };
             LocalPeer { encryption: Some(Arc::new(encryption)), ..peer(last) }
         }
@@ -1259,11 +1275,118 @@ mod tests {
 
         #[test]
         fn different_ciphers_are_refused() {
-            let mut pair =
-                Pair::new(with_password(1, 7, Cipher::ChaCha20Poly1305), with_password(2, 7, Cipher::Aes256Gcm));
+            let (chacha, aes) = (Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm);
+            let mut pair = Pair::new(with_password(1, 7, chacha), with_password(2, 7, aes));
             pair.drive();
-            assert!(matches!(errors(&pair).0, Some(ConnectionError::Refused(Refusal::CipherMismatch { .. }))));
+            assert_eq!(
+                errors(&pair),
+                (
+                    Some(ConnectionError::Refused(Refusal::CipherMismatch { ours: chacha, theirs: aes })),
+                    Some(ConnectionError::Refused(Refusal::CipherMismatch { ours: aes, theirs: chacha }))
+                )
+            );
             assert!(never_completed(&pair.a) && never_completed(&pair.b));
+            assert_eq!(pair.a.conn.state(), State::Closed);
+            assert_eq!(pair.b.conn.state(), State::Closed);
+        }
+
+        /// Drives `a` (dialling) and `b` to a completed encrypted handshake
+        /// and checks that both ends use `want` for everything: the control
+        /// stream (a sealed gossip frame each way) and the sleeve (each
+        /// side's sleeve sealer against the other's opener).
+        fn check_negotiated(a: CipherChoice, b: CipherChoice, want: Cipher) {
+            let mut pair = Pair::new(with_choice(1, 7, a), with_choice(2, 7, b));
+            pair.chunk = 7;
+            pair.drive();
+            let case = format!("{a:?} dialling {b:?}");
+            assert_eq!(errors(&pair), (None, None), "{case}");
+            assert!(pair.a.conn.encrypted() && pair.b.conn.encrypted(), "{case}");
+            assert_eq!((pair.a.conn.cipher(), pair.b.conn.cipher()), (Some(want), Some(want)), "{case}");
+
+            let now = pair.now;
+            let sealed_message = |from: &mut Side, to: &mut Side, text: &[u8]| {
+                from.conn.send(Message::Gossip(text.to_vec())).expect("send");
+                let mut wire = Vec::new();
+                from.conn.poll_transmit(&mut wire);
+                deliver(now, 3, &wire, to);
+                assert_eq!(to.error, None, "{case}");
+                to.events.extend(events(&mut to.conn));
+                assert!(to.events.contains(&Event::Message(Message::Gossip(text.to_vec()))), "{case}");
+            };
+            sealed_message(&mut pair.a, &mut pair.b, b"a to b");
+            sealed_message(&mut pair.b, &mut pair.a, b"b to a");
+
+            let (mut ka, mut kb) =
+                (pair.a.conn.take_sleeve_keys().expect("a"), pair.b.conn.take_sleeve_keys().expect("b"));
+            assert_eq!((ka.sealer.cipher(), kb.sealer.cipher()), (want, want), "{case}");
+            for (sealer, opener) in [(&mut ka.sealer, &mut kb.opener), (&mut kb.sealer, &mut ka.opener)] {
+                let nonce = sealer.next_nonce(pair.now).expect("nonce");
+                let mut msg = b"sleeve frame".to_vec();
+                let tag = sealer.seal_in_place(nonce, b"hdr", &mut msg);
+                msg.extend_from_slice(&tag);
+                assert_eq!(opener.open_in_place(nonce, b"hdr", &mut msg), Ok(12), "{case}");
+                assert_eq!(&msg[..12], b"sleeve frame");
+            }
+        }
+
+        #[test]
+        fn auto_on_both_ends_negotiates_the_same_cipher() {
+            let capable = CipherChoice::Auto { aes_capable: true };
+            let incapable = CipherChoice::Auto { aes_capable: false };
+            check_negotiated(capable, capable, Cipher::Aes256Gcm);
+            check_negotiated(capable, incapable, Cipher::ChaCha20Poly1305);
+            check_negotiated(incapable, capable, Cipher::ChaCha20Poly1305);
+            check_negotiated(incapable, incapable, Cipher::ChaCha20Poly1305);
+        }
+
+        #[test]
+        fn auto_against_a_fixed_cipher_takes_the_fixed_one() {
+            for auto in [CipherChoice::Auto { aes_capable: true }, CipherChoice::Auto { aes_capable: false }] {
+                for cipher in Cipher::ALL {
+                    check_negotiated(auto, CipherChoice::Fixed(cipher), cipher);
+                    check_negotiated(CipherChoice::Fixed(cipher), auto, cipher);
+                }
+            }
+        }
+
+        #[test]
+        fn fixed_ciphers_keep_their_cipher_and_unencrypted_has_none() {
+            for cipher in Cipher::ALL {
+                check_negotiated(CipherChoice::Fixed(cipher), CipherChoice::Fixed(cipher), cipher);
+            }
+            let mut pair = Pair::new(peer(1), peer(2));
+            pair.drive();
+            assert_eq!(pair.a.conn.state(), State::Connected);
+            assert_eq!((pair.a.conn.cipher(), pair.b.conn.cipher()), (None, None));
+        }
+
+        /// A Hello whose cipher bits were altered in transit (here: an auto
+        /// peer made to look fixed to ChaCha, which the other auto end would
+        /// go along with) fails the handshake: the Hellos are the prologue.
+        #[test]
+        fn altered_cipher_bits_fail_the_handshake() {
+            use crate::control::{FEATURE_AES_CAPABLE, FEATURE_CIPHER_AUTO};
+            let now = Instant::now();
+            let auto = CipherChoice::Auto { aes_capable: true };
+            let mut a = Connection::new(with_choice(1, 7, auto), Timers::default(), 1, true, now, [3; 32]);
+            let mut b = Connection::new(with_choice(2, 7, auto), Timers::default(), 2, false, now, [4; 32]);
+            let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+            a.poll_transmit(&mut from_a);
+            b.poll_transmit(&mut from_b);
+            // The features are the Hello's last four bytes.
+            let features = u32::from_be_bytes(from_a[from_a.len() - 4..].try_into().expect("4 bytes"));
+            assert_ne!(features & FEATURE_CIPHER_AUTO, 0);
+            let altered = features & !(FEATURE_CIPHER_AUTO | FEATURE_AES_CAPABLE);
+            let at = from_a.len() - 4;
+            from_a[at..].copy_from_slice(&altered.to_be_bytes());
+            a.handle_input(now, &from_b).expect("hello");
+            b.handle_input(now, &from_a).expect("hello (altered but well-formed)");
+            assert_eq!(b.cipher(), Some(Cipher::ChaCha20Poly1305), "b was fooled into ChaCha");
+            assert_eq!(a.cipher(), Some(Cipher::Aes256Gcm));
+            let mut m1 = Vec::new();
+            a.poll_transmit(&mut m1);
+            assert_eq!(b.handle_input(now, &m1), Err(ConnectionError::Refused(Refusal::PasswordDiffers)));
+            assert!(!b.encrypted() && b.take_sleeve_keys().is_none());
         }
 
         /// Runs the plaintext opening by hand: returns the responder after

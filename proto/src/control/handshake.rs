@@ -25,9 +25,20 @@ pub const FEATURE_FASTDP: u32 = 1;
 /// The sender has a password: it runs the Noise handshake and seals
 /// everything after it (see `secure`).
 pub const FEATURE_ENCRYPTION: u32 = 2;
-/// With `FEATURE_ENCRYPTION`: the sender's cluster cipher is AES-256-GCM
-/// (absent: ChaCha20-Poly1305).
+/// With `FEATURE_ENCRYPTION`: the sender is fixed to AES-256-GCM
+/// (`--cipher aes-256-gcm`). Absent, and without `FEATURE_CIPHER_AUTO`:
+/// fixed to ChaCha20-Poly1305. Routers from before `auto` know only this
+/// bit, so an auto sender never sets it: to them it is ChaCha.
 pub const FEATURE_AES256GCM: u32 = 4;
+/// With `FEATURE_ENCRYPTION`: the sender set no cipher; it takes
+/// AES-256-GCM when both ends are AES capable (or the other end is fixed
+/// to it), else ChaCha20-Poly1305. See `secure::negotiate`.
+pub const FEATURE_CIPHER_AUTO: u32 = 8;
+/// With `FEATURE_ENCRYPTION`: the sender's CPU has AES instructions (AES-NI
+/// and PCLMULQDQ, or the Arm AES extension). Sent by auto peers that have
+/// them and by every peer fixed to AES-256-GCM (which must have them),
+/// which tells those apart from older routers fixed to it.
+pub const FEATURE_AES_CAPABLE: u32 = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {

@@ -24,11 +24,11 @@ pub mod tie_break;
 pub use connection::{Connection, ConnectionError, Event, LocalPeer, RemotePeer, State, Timers};
 pub use framing::{FrameDecoder, FrameError, MAX_MESSAGE_LEN};
 pub use handshake::{
-    HandshakeError, Hello, VersionRange, FEATURE_AES256GCM, FEATURE_ENCRYPTION, FEATURE_FASTDP, MAGIC,
-    PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION,
+    HandshakeError, Hello, VersionRange, FEATURE_AES256GCM, FEATURE_AES_CAPABLE, FEATURE_CIPHER_AUTO,
+    FEATURE_ENCRYPTION, FEATURE_FASTDP, MAGIC, PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION,
 };
 pub use message::Message;
-pub use secure::{Encryption, Refusal};
+pub use secure::{CipherChoice, Encryption, Refusal};
 pub use tie_break::{keep_new_connection, Candidate};
 
 /// The TCP port peers listen on for control connections.

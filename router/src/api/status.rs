@@ -36,6 +36,8 @@ pub struct ConnView {
     pub overlay: &'static str,
     /// Sealed with the cluster password's keys (known once the handshake is done).
     pub encrypted: Option<bool>,
+    /// The cipher negotiated for this connection, when encrypted.
+    pub cipher: Option<&'static str>,
     /// Why a connection is on the sleeve rather than the fast path.
     pub reason: Option<String>,
     pub mtu: Option<u32>,
@@ -84,7 +86,8 @@ pub struct Snapshot {
     pub nickname: String,
     pub port: u16,
     pub encryption: bool,
-    /// The cluster cipher when encryption is on.
+    /// How connections pick their cipher, when encryption is on: the
+    /// cipher `--cipher` fixed, or what `auto` does on this node.
     pub cipher: Option<String>,
     /// The fast path's availability on this node, as `weft status` says it.
     pub fastdp: String,
@@ -270,6 +273,9 @@ impl Snapshot {
                 }
                 if let Some(encrypted) = c.encrypted {
                     attrs.insert("encrypted".into(), json!(encrypted));
+                }
+                if let Some(cipher) = c.cipher {
+                    attrs.insert("cipher".into(), json!(cipher));
                 }
                 json!({
                     "Address": c.address,

@@ -54,12 +54,17 @@ impl Core {
                     Some(Path::Sleeve(why)) => ("sleeve", Some(why.to_string())),
                     None => ("sleeve", None),
                 };
+                // The negotiated cipher, once control frames are sealed.
+                let cipher = c.proto.cipher().filter(|_| c.proto.encrypted());
                 let (state, info) = match c.remote() {
                     Some(r) => (
                         if established { "established" } else { "pending" },
                         format!(
                             "{overlay} {} {}({}) mtu={}{}{}",
-                            if c.proto.encrypted() { "encrypted" } else { "unencrypted" },
+                            match cipher {
+                                Some(cipher) => format!("encrypted ({cipher})"),
+                                None => "unencrypted".to_string(),
+                            },
                             r.name,
                             r.nickname,
                             self.pod_mtu,
@@ -76,6 +81,7 @@ impl Core {
                     info,
                     overlay,
                     encrypted: c.remote().map(|_| c.proto.encrypted()),
+                    cipher: c.remote().and(cipher).map(|cipher| cipher.name()),
                     reason,
                     mtu: Some(self.pod_mtu),
                 }
@@ -105,6 +111,7 @@ impl Core {
                 info,
                 overlay: "",
                 encrypted: None,
+                cipher: None,
                 reason: None,
                 mtu: None,
             });
@@ -122,6 +129,7 @@ impl Core {
                 ),
                 overlay: "",
                 encrypted: None,
+                cipher: None,
                 reason: None,
                 mtu: None,
             });

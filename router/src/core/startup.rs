@@ -77,7 +77,7 @@ async fn serve(mut cfg: Config) -> Result<()> {
             let enc = password.encryption().context("deriving the key from the password")?;
             tracing::info!(
                 "encryption on ({}, password from {}; key derived in {} ms)",
-                password.cipher,
+                password.cipher_description(),
                 password.source,
                 started.elapsed().as_millis()
             );
