@@ -598,7 +598,10 @@ fn replayed_and_tampered_datagrams_are_dropped() {
         let terminations: Vec<u64> = (0..2).map(|i| c.report(i)?.termination_count()).collect::<Result<_>>()?;
         let bg = BackgroundPing::start(c, &p[0], p[1].ip(), BG_INTERVAL, Duration::from_secs(60))?;
 
-        // Sealed datagrams node0 -> node1, from a small transfer.
+        // Sealed datagrams node0 -> node1, from a small transfer. The wire
+        // must carry them one by one: a veth passes a UDP GSO run whole,
+        // so node 0's kernel segments before sending.
+        c.node_ns(0).run_ok("ethtool", &["-K", "eth0", "tx-udp-segmentation", "off", "gso", "off"])?;
         let (from, to) = (SocketAddrV4::new(c.node_ip(0), DEFAULT_PORT), SocketAddrV4::new(c.node_ip(1), DEFAULT_PORT));
         let capture = Capture::start(c.node_ns(0), "eth0", CaptureLimits::default())?;
         transfer(&p[0], &p[1], 1_000_000)?;

@@ -72,6 +72,9 @@ pub enum Command {
     Ping(oneshot::Sender<()>),
     /// The peers the topology reaches now (for the reclaimer).
     Reachable(oneshot::Sender<std::collections::BTreeSet<PeerName>>),
+    /// The kernel refused a datagram to this peer address as too big for
+    /// the route: its path MTU may have shrunk.
+    PathMtu(SocketAddr),
     /// Retire a dead peer's IPAM space (the reclaimer holds its claim).
     Reclaim {
         peer: PeerName,

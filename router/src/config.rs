@@ -56,6 +56,20 @@ pub struct RouterArgs {
     /// Never use the kernel VXLAN fast path: every connection uses the sleeve.
     #[arg(long, env = "WEFT_NO_FASTDP")]
     pub no_fastdp: bool,
+    /// Carry the sleeve's frames one by one: no TAP offloads (checksum,
+    /// TSO/USO super-frames) and no UDP GSO/GRO.
+    #[arg(long, env = "WEFT_NO_OFFLOAD")]
+    pub no_offload: bool,
+    /// After passing traffic on, the sleeve's worker polls for this many
+    /// microseconds before sleeping, so that a reply is forwarded without
+    /// a wake-up (lower latency for a little CPU while traffic flows; 0:
+    /// always sleep).
+    #[arg(long, env = "WEFT_SLEEVE_SPIN_US", default_value_t = 200)]
+    pub sleeve_spin_us: u64,
+    /// Sleeve worker threads, each with a TAP queue and a UDP socket of its
+    /// own; flows are spread over them.
+    #[arg(long, env = "WEFT_SLEEVE_WORKERS", default_value_t = 1)]
+    pub sleeve_workers: usize,
     /// Encrypt and authenticate every peer link with a key derived from the
     /// password in this file (one trailing newline is ignored). Also from
     /// WEFT_PASSWORD or WEAVE_PASSWORD.
@@ -166,6 +180,12 @@ pub struct Config {
     pub conn_limit: usize,
     pub discovery: bool,
     pub fastdp: bool,
+    /// TAP offloads and UDP GSO/GRO on the sleeve.
+    pub offload: bool,
+    /// How long the sleeve's worker polls after traffic before sleeping.
+    pub sleeve_spin: std::time::Duration,
+    /// Sleeve worker threads (TAP queues).
+    pub sleeve_workers: usize,
     pub peers: Vec<String>,
     pub http_addr: SocketAddr,
     pub ipalloc_range: weft_proto::ipam::Range,
@@ -308,6 +328,9 @@ impl Config {
             conn_limit: args.conn_limit,
             discovery: !args.no_discovery,
             fastdp: !args.no_fastdp,
+            offload: !args.no_offload,
+            sleeve_spin: std::time::Duration::from_micros(args.sleeve_spin_us),
+            sleeve_workers: args.sleeve_workers.clamp(1, 16),
             peers,
             http_addr,
             ipalloc_range: args.ipalloc_range,

@@ -38,6 +38,7 @@ reasons!(Drop {
     Unencrypted => "unencrypted",
     UnknownEpoch => "unknown_epoch",
     NoSession => "no_session",
+    BadOffload => "bad_offload",
 });
 
 reasons!(HandshakeFailure {
@@ -78,19 +79,69 @@ pub struct TrafficBatch {
 
 impl TrafficBatch {
     pub fn add(&mut self, peer: PeerName, dir: Direction, bytes: usize) {
+        self.add_n(peer, dir, 1, bytes);
+    }
+
+    pub fn add_n(&mut self, peer: PeerName, dir: Direction, frames: u64, bytes: usize) {
         // Batches touch few peers: a linear scan beats hashing here.
         match self.entries.iter_mut().find(|(p, d, _)| *p == peer && *d == dir) {
             Some((_, _, t)) => {
-                t.frames += 1;
+                t.frames += frames;
                 t.bytes += bytes as u64;
             }
-            None => self.entries.push((peer, dir, Traffic { frames: 1, bytes: bytes as u64 })),
+            None => self.entries.push((peer, dir, Traffic { frames, bytes: bytes as u64 })),
         }
+    }
+}
+
+/// The sleeve's offload work, added once per batch by the data path.
+#[derive(Debug, Default)]
+pub struct OffloadCounters {
+    /// Super-frames from the TAP cut into segments, and the segments.
+    pub split: AtomicU64,
+    pub split_segments: AtomicU64,
+    /// Super-frames written into the TAP, and the segments merged into them.
+    pub merged: AtomicU64,
+    pub merged_segments: AtomicU64,
+    /// UDP GSO messages sent, and those the kernel refused (their
+    /// datagrams then went one by one).
+    pub gso_sends: AtomicU64,
+    pub gso_refused: AtomicU64,
+}
+
+/// A data-path thread's offload counts for one batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OffloadBatch {
+    pub split: u64,
+    pub split_segments: u64,
+    pub merged: u64,
+    pub merged_segments: u64,
+    pub gso_sends: u64,
+    pub gso_refused: u64,
+}
+
+impl OffloadCounters {
+    pub fn add(&self, b: &mut OffloadBatch) {
+        let pairs = [
+            (&self.split, b.split),
+            (&self.split_segments, b.split_segments),
+            (&self.merged, b.merged),
+            (&self.merged_segments, b.merged_segments),
+            (&self.gso_sends, b.gso_sends),
+            (&self.gso_refused, b.gso_refused),
+        ];
+        for (counter, n) in pairs {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        *b = OffloadBatch::default();
     }
 }
 
 #[derive(Debug)]
 pub struct Metrics {
+    pub offload: OffloadCounters,
     drops: Vec<AtomicU64>,
     conn_failures: Vec<AtomicU64>,
     pub mac_moves: AtomicU64,
@@ -112,6 +163,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
+            offload: OffloadCounters::default(),
             drops: Drop::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             conn_failures: ConnFailure::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             mac_moves: AtomicU64::new(0),
@@ -248,6 +300,31 @@ impl Metrics {
         for (to, n) in ["fastdp", "sleeve"].iter().zip(&self.switches_to) {
             let _ = writeln!(out, "weft_path_switches_total{{to=\"{to}\"}} {}", n.load(Ordering::Relaxed));
         }
+        let o = &self.offload;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP weft_sleeve_superframes_total Offload super-frames: cut into segments (tx), merged from segments (rx)."
+        );
+        let _ = writeln!(out, "# TYPE weft_sleeve_superframes_total counter");
+        let _ = writeln!(out, "weft_sleeve_superframes_total{{direction=\"tx\"}} {}", load(&o.split));
+        let _ = writeln!(out, "weft_sleeve_superframes_total{{direction=\"rx\"}} {}", load(&o.merged));
+        let _ = writeln!(
+            out,
+            "# HELP weft_sleeve_segments_total Segments those super-frames were cut into or merged from."
+        );
+        let _ = writeln!(out, "# TYPE weft_sleeve_segments_total counter");
+        let _ = writeln!(out, "weft_sleeve_segments_total{{direction=\"tx\"}} {}", load(&o.split_segments));
+        let _ = writeln!(out, "weft_sleeve_segments_total{{direction=\"rx\"}} {}", load(&o.merged_segments));
+        let _ = writeln!(out, "# HELP weft_sleeve_gso_sends_total UDP GSO messages (runs of datagrams) sent.");
+        let _ = writeln!(out, "# TYPE weft_sleeve_gso_sends_total counter");
+        let _ = writeln!(out, "weft_sleeve_gso_sends_total {}", load(&o.gso_sends));
+        let _ = writeln!(
+            out,
+            "# HELP weft_sleeve_gso_refused_total UDP GSO messages the kernel refused, sent datagram by datagram instead."
+        );
+        let _ = writeln!(out, "# TYPE weft_sleeve_gso_refused_total counter");
+        let _ = writeln!(out, "weft_sleeve_gso_refused_total {}", load(&o.gso_refused));
         let traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<_> = traffic.iter().collect();
         rows.sort_by_key(|((p, d), _)| (*p, *d == Direction::Out));

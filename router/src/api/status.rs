@@ -91,6 +91,8 @@ pub struct Snapshot {
     pub cipher: Option<String>,
     /// The fast path's availability on this node, as `weft status` says it.
     pub fastdp: String,
+    /// The sleeve's offloads (TAP, UDP GSO/GRO).
+    pub sleeve: String,
     pub discovery: bool,
     pub mtu: u32,
     pub bridge: String,
@@ -181,6 +183,7 @@ impl Snapshot {
             }
         }
         let _ = writeln!(out, "         FastDP: {}", self.fastdp);
+        let _ = writeln!(out, "         Sleeve: {}", self.sleeve);
         match &self.kube {
             Some(k) => {
                 let _ = writeln!(out, "  PeerDiscovery: {}; gossip {}", describe_discovery(k), enabled(self.discovery));

@@ -106,3 +106,25 @@ pub(super) struct Refused {
 
 /// How long a refused inbound connection stays in `weft status`.
 pub(super) const REFUSED_SHOWN_FOR: Duration = Duration::from_secs(120);
+
+impl super::Core {
+    /// The data path says the kernel refused a datagram to `addr` as too
+    /// big: read the route's MTU again for every connection to that host,
+    /// so each neighbour's largest frame follows the path (frames beyond it
+    /// get ICMP "fragmentation needed" instead of vanishing).
+    pub(super) fn recheck_path_mtu(&mut self, addr: SocketAddr) {
+        let Ok(mtu) = crate::path_mtu::path_mtu(addr.ip()) else { return };
+        let mut changed = false;
+        for c in self.conns.values_mut().filter(|c| c.udp_addr.is_some_and(|a| a.ip() == addr.ip())) {
+            if c.path_mtu != mtu {
+                tracing::info!("path MTU toward {}: {} -> {mtu}", addr.ip(), c.path_mtu);
+                c.path_mtu = mtu;
+                changed = true;
+            }
+        }
+        if changed {
+            self.refresh_forwarding();
+            self.dirty = true;
+        }
+    }
+}

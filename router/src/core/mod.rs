@@ -5,6 +5,7 @@
 
 mod conn;
 mod readiness;
+mod retired_sessions;
 mod snapshot;
 mod startup;
 mod target;
@@ -18,6 +19,7 @@ pub use startup::run;
 use crate::command::{Command, Heartbeat, SleeveHeartbeat};
 use crate::config::Config;
 use crate::control::{self, canonical_target};
+use crate::datapath::sleeve_session::SleeveSession;
 use crate::datapath::{Forwarding, Neighbour};
 use crate::ipam::ReclaimOutcome;
 use crate::metrics::ConnFailure;
@@ -59,6 +61,10 @@ struct Core {
     tx: UnboundedSender<Command>,
     shared: Arc<Shared>,
     pod_mtu: u32,
+    /// The sleeve's offloads, as `weft status` shows them.
+    sleeve: String,
+    /// Keys of duplicate connections just closed (see the module).
+    retired_sessions: retired_sessions::RetiredSessions,
     bridge: String,
     bridge_index: u32,
     ipam: crate::ipam::IpamService,
@@ -148,6 +154,7 @@ impl Core {
         consider(self.topology.poll_timeout());
         consider(self.ipam.poll_timeout());
         consider(self.fastdp.poll_timeout());
+        consider(self.retired_sessions.poll_timeout());
         for t in self.targets.values() {
             if !t.dialing && t.conn.is_none() {
                 consider(t.next_attempt);
@@ -272,6 +279,7 @@ impl Core {
                 return true;
             }
             // Handled by the run loop before it gets here.
+            Command::PathMtu(addr) => self.recheck_path_mtu(addr),
             Command::Shutdown => {}
         }
         false
@@ -383,6 +391,9 @@ impl Core {
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
+        if self.retired_sessions.prune(now) {
+            self.refresh_forwarding();
+        }
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             let Some(c) = self.conns.get_mut(&id) else { continue };
@@ -685,9 +696,15 @@ impl Core {
                 }
             }
             self.shared.metrics.conn_failure(ConnFailure::Duplicate);
-            if let Some(c) = self.conns.remove(&loser) {
+            if let Some(mut c) = self.conns.remove(&loser) {
                 c.reader.abort();
                 tracing::debug!("closing duplicate connection {} to {}", c.addr, remote.name);
+                // The peer may have sealed datagrams with its keys already.
+                let keys = c.proto.take_sleeve_keys().map(|k| Arc::new(SleeveSession::new(k)));
+                if let Some(session) = c.session.take().or(keys) {
+                    self.retired_sessions.retire(remote.name, session, now);
+                    self.refresh_forwarding();
+                }
             }
             if loser == id {
                 return;
@@ -695,10 +712,10 @@ impl Core {
         }
         let Some(c) = self.conns.get_mut(&id) else { return };
         c.udp_addr = Some(SocketAddr::new(c.addr.ip(), remote.udp_port));
-        c.session =
-            c.proto.take_sleeve_keys().map(|keys| Arc::new(crate::datapath::sleeve_session::SleeveSession::new(keys)));
+        c.session = c.proto.take_sleeve_keys().map(|keys| Arc::new(SleeveSession::new(keys)));
         self.refused.remove(&c.addr.ip());
-        tracing::info!("connected to {}({}) at {}", remote.name, remote.nickname, c.addr);
+        let cipher = c.proto.cipher().map(|cipher| format!(", encrypted with {cipher}")).unwrap_or_default();
+        tracing::info!("connected to {}({}) at {}{cipher}", remote.name, remote.nickname, c.addr);
         let mut all = Vec::new();
         self.topology.encode_all(&mut all);
         if let Err(err) = c.proto.send(Message::Gossip(all)) {
@@ -783,6 +800,7 @@ impl Core {
                 fwd.broadcast.insert(p.name, hops);
             }
         }
+        fwd.retired = self.retired_sessions.by_peer();
         fwd.fastdp = self.fastdp.fastdp_set();
         fwd.fastdp_macs = self.fastdp.confirmed_macs();
         fwd.local_flood = if fwd.fastdp.is_empty() {

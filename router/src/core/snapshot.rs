@@ -170,6 +170,7 @@ impl Core {
             encryption: self.local.encryption.is_some(),
             cipher: self.local.encryption.as_ref().map(|e| e.cipher.to_string()),
             fastdp: self.fastdp.availability().describe(),
+            sleeve: self.sleeve.clone(),
             discovery: self.cfg.discovery,
             mtu: self.pod_mtu,
             bridge: self.bridge.clone(),

@@ -55,8 +55,19 @@ async fn serve(mut cfg: Config) -> Result<()> {
         nl.set_mtu(bridge.index, pod_mtu).await?;
     }
     let tap_name = crate::devices::tap_name(&cfg.bridge);
-    let tap = crate::datapath::tap::Tap::open(&tap_name, false).with_context(|| format!("opening TAP {tap_name}"))?;
-    tap.set_nonblocking(true)?;
+    // The TCP port first: a second router on this node fails here, before
+    // it could join our UDP port's group or add a queue to our TAP.
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.port))
+        .await
+        .with_context(|| format!("binding TCP port {}", cfg.port))?;
+    let sockets = (0..cfg.sleeve_workers.max(1))
+        .map(|_| bind_udp(cfg.port))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("binding UDP port {}", cfg.port))?;
+    let udp = sockets[0].try_clone()?;
+    let sleeve = crate::datapath::SleeveIo::open(&tap_name, cfg.offload, sockets)
+        .with_context(|| format!("opening TAP {tap_name}"))?;
+    let tap = sleeve.tap();
     let tap_index = nl.link_index(tap.name()).await?.with_context(|| format!("TAP {} vanished", tap.name()))?;
     nl.set_mtu(tap_index, pod_mtu).await?;
     nl.set_master(tap_index, bridge.index).await?;
@@ -102,10 +113,6 @@ async fn serve(mut cfg: Config) -> Result<()> {
     .await;
     tracing::info!("fast path: {}", availability.describe());
 
-    let udp = bind_udp(cfg.port).with_context(|| format!("binding UDP port {}", cfg.port))?;
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.port))
-        .await
-        .with_context(|| format!("binding TCP port {}", cfg.port))?;
     let http = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("binding the HTTP API on {}", cfg.http_addr))?;
@@ -114,7 +121,9 @@ async fn serve(mut cfg: Config) -> Result<()> {
     let (hb_tx, hb_rx) = mpsc::channel(1024);
     let shared = Arc::new(Shared::new(MacTable::new(MAC_TTL), tx.clone(), hb_tx));
 
-    crate::datapath::start(shared.clone(), tap, udp.try_clone()?, name)?;
+    let sleeve_status = sleeve.describe();
+    tracing::info!("sleeve: {sleeve_status}");
+    crate::datapath::start(shared.clone(), sleeve, name, cfg.sleeve_spin)?;
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
     let (socket, inherited) = match device {
         Some(d) => {
@@ -184,6 +193,8 @@ async fn serve(mut cfg: Config) -> Result<()> {
         tx,
         shared,
         pod_mtu,
+        sleeve: sleeve_status,
+        retired_sessions: Default::default(),
         bridge: cfg.bridge.clone(),
         bridge_index: bridge.index,
         ipam,
@@ -209,6 +220,9 @@ async fn serve(mut cfg: Config) -> Result<()> {
 fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    // One socket per sleeve worker, the kernel spreading datagrams over
+    // them by their addresses and ports.
+    sock.set_reuse_port(true)?;
     // Big buffers absorb bursts between the data path's batches.
     let _ = sock.set_recv_buffer_size(4 << 20);
     let _ = sock.set_send_buffer_size(4 << 20);

@@ -1,36 +1,43 @@
-//! The sleeve data path: two threads, one per direction, each working in
-//! batches. TAP → UDP reads every frame the bridge hands the TAP port,
-//! decides its next hop(s) from the published forwarding table and the MAC
-//! table, packs frames per next hop into datagrams and sends the whole
-//! batch with one `sendmmsg`. UDP → TAP takes a `recvmmsg` batch, writes
-//! frames for this node into the TAP and re-packs frames for others
-//! (relay) the same way. Buffers are allocated once per thread.
+//! The sleeve data path: a worker thread (`worker`) serving both
+//! directions in batches. TAP → UDP (`tap_to_udp`) reads what the bridge hands the TAP
+//! port — with offloads on, whole 64 KB TCP/UDP super-frames behind a
+//! virtio header — decides each one's next hop(s) from the published
+//! forwarding table and the MAC table, and packs it per next hop into
+//! datagrams (`encap`: cut into MTU-sized segments, sealed in place, runs
+//! of equal-size datagrams sent as one UDP GSO message). UDP → TAP
+//! (`udp_to_tap`) takes a `recvmmsg` batch (UDP GRO: runs arrive in one
+//! buffer), merges consecutive segments of a flow back into super-frames
+//! for the TAP, and re-packs frames for others (relay) the same way.
+//! Buffers are allocated once per thread.
 
+mod encap;
 pub mod sleeve_session;
 pub mod tap;
+mod tap_to_udp;
 mod udp_batch;
+mod udp_to_tap;
+mod worker;
 
-use crate::command::{Heartbeat, SleeveHeartbeat};
-use crate::metrics::{Direction, Drop, TrafficBatch};
+use crate::metrics::Drop;
 use crate::shared::Shared;
-use sleeve_session::{Sealing, SleeveSession};
+use sleeve_session::SleeveSession;
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
-use tap::Tap;
-use udp_batch::MsgBatch;
-use weft_proto::ethernet::EthernetFrame;
+use tap::{Offloads, Tap};
 use weft_proto::mac_table::{Learned, MacTable, Owner};
-use weft_proto::sleeve::{self, Datagram, DatagramBuilder};
+use weft_proto::offload::VNET_HDR_LEN;
+use weft_proto::sleeve;
 use weft_proto::PeerName;
 
-/// Frames or datagrams handled per batch.
+/// Frames or messages handled per batch.
 const BATCH: usize = 64;
-/// Large enough for any datagram or frame we can meet (jumbo underlays,
-/// GSO-sized TAP reads are not enabled).
-const BUF_LEN: usize = 65536;
+/// Large enough for any datagram or GRO message (64 KB of datagrams), and
+/// for any TAP read: a 64 KB super-frame, its Ethernet header and VLAN
+/// tags, behind the virtio header (a shorter buffer truncates silently).
+const BUF_LEN: usize = 65536 + 256;
 
 /// A directly connected peer whose sleeve is confirmed both ways.
 #[derive(Debug, Clone)]
@@ -79,6 +86,9 @@ pub struct Forwarding {
     /// not sealed, or from a peer without keys, are dropped.
     pub encrypted: bool,
     pub sessions: HashMap<PeerName, Arc<SleeveSession>>,
+    /// Keys of a peer's duplicate connections closed a moment ago, tried
+    /// when its live connection's fail (see `core::retired_sessions`).
+    pub retired: HashMap<PeerName, Vec<Arc<SleeveSession>>>,
 }
 
 impl Forwarding {
@@ -87,152 +97,118 @@ impl Forwarding {
     }
 }
 
-pub fn start(shared: Arc<Shared>, tap: Tap, udp: UdpSocket, local: PeerName) -> anyhow::Result<()> {
-    let tap = Arc::new(tap);
-    let udp = Arc::new(udp);
-    let (t, u, s) = (tap.clone(), udp.clone(), shared.clone());
-    std::thread::Builder::new().name("weft-tap-rx".into()).spawn(move || TapToUdp::new(s, local).run(&t, &u))?;
-    std::thread::Builder::new()
-        .name("weft-udp-rx".into())
-        .spawn(move || UdpToTap::new(shared, local).run(&tap, &udp))?;
-    Ok(())
-}
-
-/// One frame to put in a datagram toward `hop`. `frame` indexes the
-/// thread's frame storage so that plans can be reused across batches.
-#[derive(Debug, Clone, Copy)]
-struct Planned {
-    hop: PeerName,
-    origin: PeerName,
-    dest: PeerName,
-    buf: usize,
-    start: usize,
-    end: usize,
-}
-
-/// Packs planned frames into datagrams per next hop and sends them.
+/// One worker's devices: a queue of the TAP, the socket it receives on
+/// (one of a `SO_REUSEPORT` group on the sleeve port) and the one it sends
+/// from.
 #[derive(Debug)]
-struct Encapsulator {
-    local: PeerName,
-    out: Vec<Box<[u8]>>,
-    msgs: Vec<(SocketAddr, usize, usize)>,
-    batch: MsgBatch,
-    traffic: TrafficBatch,
+pub struct Queue {
+    pub tap: Tap,
+    pub recv: UdpSocket,
+    /// Worker 0 sends from the sleeve port itself; the others from a port
+    /// of their own, so that a peer's kernel spreads what they send over
+    /// its own workers (it picks the socket by the datagram's addresses
+    /// and ports), while each flow stays with one worker on both ends.
+    pub send: UdpSocket,
 }
 
-impl Encapsulator {
-    fn new(local: PeerName) -> Self {
-        Encapsulator {
-            local,
-            out: Vec::new(),
-            msgs: Vec::new(),
-            batch: MsgBatch::new(BATCH),
-            traffic: TrafficBatch::default(),
+/// The sleeve's devices and what the kernel lets them offload.
+#[derive(Debug)]
+pub struct SleeveIo {
+    pub queues: Vec<Queue>,
+    /// The TAP reads and writes a virtio header before every frame.
+    pub vnet: bool,
+    pub offloads: Offloads,
+    /// UDP GSO on send, GRO on receive.
+    pub gso: bool,
+    pub gro: bool,
+}
+
+impl SleeveIo {
+    /// Opens the TAP `name` with one queue per socket of `sockets` (the
+    /// sleeve port's `SO_REUSEPORT` group, the core's own first), with
+    /// offloads unless `offload` is false (or the kernel has none), and
+    /// sets up the sockets for GSO/GRO likewise.
+    pub fn open(name: &str, offload: bool, sockets: Vec<UdpSocket>) -> std::io::Result<SleeveIo> {
+        let multi_queue = sockets.len() > 1;
+        let first = Tap::open(name, offload, multi_queue)?;
+        let offloads = match offload {
+            false => None,
+            true => match first.set_offloads(true) {
+                Ok(offloads) => Some(offloads),
+                Err(err) => {
+                    tracing::warn!("TAP offloads unavailable ({err}): frames one by one");
+                    None
+                }
+            },
+        };
+        let vnet = offloads.is_some();
+        let mut taps = vec![if vnet || !offload {
+            first
+        } else {
+            drop(first);
+            Tap::open(name, false, multi_queue)?
+        }];
+        while taps.len() < sockets.len() {
+            let tap = Tap::open(name, vnet, true)?;
+            if vnet {
+                // The mask is the device's, but header size and byte order
+                // are set per queue.
+                tap.set_offloads(true)?;
+            }
+            taps.push(tap);
         }
+        let fd = sockets[0].as_raw_fd();
+        let gso = offload && udp_batch::supports_gso(fd);
+        let mut gro = offload;
+        let mut queues = Vec::with_capacity(taps.len());
+        for (k, (tap, recv)) in taps.into_iter().zip(sockets).enumerate() {
+            tap.set_nonblocking(true)?;
+            if offload {
+                gro &= udp_batch::enable_gro(recv.as_raw_fd());
+            }
+            let send = match k {
+                0 => recv.try_clone()?,
+                _ => UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?,
+            };
+            queues.push(Queue { tap, recv, send });
+        }
+        Ok(SleeveIo { queues, vnet, offloads: offloads.unwrap_or_default(), gso, gro })
     }
 
-    /// `plan` is sorted by hop here. Frames too big for their hop's path
-    /// are handed to `too_big` instead.
-    fn send(
-        &mut self,
-        fd: RawFd,
-        fwd: &Forwarding,
-        plan: &mut [Planned],
-        frames: &[Box<[u8]>],
-        shared: &Shared,
-        mut too_big: impl FnMut(&[u8], usize),
-    ) {
-        if plan.is_empty() {
-            return;
-        }
-        plan.sort_by_key(|p| p.hop);
-        // One clock read per batch: it only feeds time-based rekeying.
-        let now = Instant::now();
-        // At most one datagram per planned frame.
-        while self.out.len() < plan.len() {
-            self.out.push(vec![0u8; BUF_LEN].into_boxed_slice());
-        }
-        self.msgs.clear();
-        let mut free = self.out.iter_mut().enumerate();
-        let mut i = 0;
-        while i < plan.len() {
-            let hop = plan[i].hop;
-            let group = plan[i..].iter().take_while(|p| p.hop == hop).count();
-            let entries = &plan[i..i + group];
-            i += group;
-            let Some(nb) = fwd.neighbours.get(&hop) else {
-                shared.metrics.drop(Drop::NoRoute, group as u64);
-                continue;
-            };
-            let (front, back) = match nb.session {
-                Some(_) => (sleeve::SEALED_HEADER_LEN, weft_proto::crypto::TAG_LEN),
-                None => (0, 0),
-            };
-            let mut sealing = nb.session.as_ref().map(|s| s.sealing(&shared.metrics));
-            let mut builder: Option<(usize, DatagramBuilder<'_>)> = None;
-            for p in entries {
-                let frame = &frames[p.buf][p.start..p.end];
-                if frame.len() > nb.max_frame {
-                    too_big(frame, nb.max_frame);
-                    continue;
-                }
-                let fits = builder.as_mut().is_some_and(|(_, b)| b.push_frame(p.origin, p.dest, frame).is_ok());
-                if !fits {
-                    // Current datagram full (or none yet): send it, open the next.
-                    if let Some((idx, full)) = builder.take() {
-                        seal_and_queue(&mut self.msgs, self.local, nb, &mut sealing, (idx, full), now, shared);
-                    }
-                    let Some((idx, buf)) = free.next() else { break };
-                    let cap = nb.max_datagram.min(buf.len());
-                    let Ok(mut b) = DatagramBuilder::with_margins(&mut buf[..cap], self.local, front, back) else {
-                        break;
-                    };
-                    // Fits: max_frame was derived from max_datagram.
-                    let _ = b.push_frame(p.origin, p.dest, frame);
-                    builder = Some((idx, b));
-                }
-                self.traffic.add(hop, Direction::Out, frame.len());
-            }
-            if let Some((idx, b)) = builder.take() {
-                if !b.is_empty() {
-                    seal_and_queue(&mut self.msgs, self.local, nb, &mut sealing, (idx, b), now, shared);
-                }
-            }
-        }
-        let (sent, err) = self.batch.send(fd, &self.out, &self.msgs);
-        if let Some(err) = err {
-            let lost = (self.msgs.len() - sent) as u64;
-            shared.metrics.drop(Drop::SendFailed, lost);
-            tracing::debug!("sendmmsg: {err} ({lost} datagrams lost)");
-        }
-        shared.metrics.flush(&mut self.traffic);
+    /// The TAP (its first queue), to configure the device.
+    pub fn tap(&self) -> &Tap {
+        &self.queues[0].tap
+    }
+
+    /// `weft status`'s Sleeve line.
+    pub fn describe(&self) -> String {
+        let on = |b: bool| if b { "on" } else { "off" };
+        let tap = match self.vnet {
+            true => format!("TAP offloads {}", self.offloads.describe()),
+            false => "TAP offloads off".to_string(),
+        };
+        let workers = match self.queues.len() {
+            1 => "1 worker".to_string(),
+            n => format!("{n} workers"),
+        };
+        format!("{tap}; UDP GSO {}, GRO {}; {workers}", on(self.gso), on(self.gro))
     }
 }
 
-/// Queues a finished datagram (buffer index, builder), sealing it first
-/// for an encrypted link.
-fn seal_and_queue(
-    msgs: &mut Vec<(SocketAddr, usize, usize)>,
-    local: PeerName,
-    nb: &Neighbour,
-    sealing: &mut Option<Sealing<'_>>,
-    (idx, builder): (usize, DatagramBuilder<'_>),
-    now: Instant,
-    shared: &Shared,
-) {
-    let (buf, plain) = builder.into_parts();
-    let len = match sealing {
-        None => plain,
-        Some(sealing) => match sealing.seal(buf, plain, local, now) {
-            Ok(len) => len,
-            Err(err) => {
-                tracing::warn!("sealing a datagram for {}: {err}", nb.addr);
-                shared.metrics.drop(Drop::SendFailed, 1);
-                return;
-            }
-        },
-    };
-    msgs.push((nb.addr, idx, len));
+/// Starts the data path: one worker thread per queue.
+pub fn start(shared: Arc<Shared>, io: SleeveIo, local: PeerName, spin: std::time::Duration) -> anyhow::Result<()> {
+    let SleeveIo { queues, vnet, offloads, gso, .. } = io;
+    // UDP coalescing needs the TAP to take UDP GSO writes (USO).
+    let merge = vnet.then_some(offloads.uso);
+    for (k, queue) in queues.into_iter().enumerate() {
+        let worker = worker::Worker {
+            to_udp: tap_to_udp::TapToUdp::new(shared.clone(), local, vnet, gso),
+            to_tap: udp_to_tap::UdpToTap::new(shared.clone(), local, merge, gso),
+            spin,
+        };
+        std::thread::Builder::new().name(format!("weft-sleeve-{k}")).spawn(move || worker.run(queue))?;
+    }
+    Ok(())
 }
 
 /// Learns one MAC; a move between owners is counted and logged.
@@ -254,129 +230,32 @@ fn learn_all(shared: &Shared, now: Instant, learned: &mut Vec<(weft_proto::ether
     }
 }
 
-struct TapToUdp {
-    shared: Arc<Shared>,
-    local: PeerName,
-    frames: Vec<Box<[u8]>>,
-    lens: Vec<usize>,
-    plan: Vec<Planned>,
-    encap: Encapsulator,
-    icmp: Box<[u8]>,
-}
-
-impl TapToUdp {
-    fn new(shared: Arc<Shared>, local: PeerName) -> Self {
-        TapToUdp {
-            shared,
-            local,
-            frames: (0..BATCH).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect(),
-            lens: Vec::with_capacity(BATCH),
-            plan: Vec::with_capacity(BATCH * 4),
-            encap: Encapsulator::new(local),
-            icmp: vec![0u8; weft_proto::icmp::MAX_REPLY_LEN].into_boxed_slice(),
-        }
-    }
-
-    fn run(mut self, tap: &Tap, udp: &UdpSocket) {
-        loop {
-            if let Err(err) = self.read_batch(tap) {
-                tracing::error!("reading the TAP device failed, data path stopped: {err}");
-                return;
-            }
-            if self.lens.is_empty() {
-                continue;
-            }
-            let fwd = self.shared.forwarding();
-            self.plan_batch(&fwd);
-            let (shared, tap_ref) = (&self.shared, tap);
-            let icmp = &mut self.icmp;
-            self.encap.send(udp.as_raw_fd(), &fwd, &mut self.plan, &self.frames, shared, |frame, max| {
-                reply_too_big(shared, tap_ref, icmp, frame, max)
-            });
-        }
-    }
-
-    /// Blocks (bounded, so the thread stays responsive) until the TAP has a
-    /// frame, then drains up to a batch without blocking.
-    fn read_batch(&mut self, tap: &Tap) -> std::io::Result<()> {
-        self.lens.clear();
-        let mut pfd = libc::pollfd { fd: tap.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, 1000) };
-        if r <= 0 {
-            return Ok(());
-        }
-        while self.lens.len() < BATCH {
-            let i = self.lens.len();
-            match tap.read(&mut self.frames[i]) {
-                Ok(n) => self.lens.push(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// One pass and one MAC-table lock per batch: learn each frame's
-    /// source, look up its destination, plan its next hop(s).
-    fn plan_batch(&mut self, fwd: &Forwarding) {
-        self.plan.clear();
-        let now = Instant::now();
-        let mut macs = self.shared.lock_macs();
-        for (i, &len) in self.lens.iter().enumerate() {
-            let Ok(eth) = EthernetFrame::new_checked(&self.frames[i][..len]) else {
-                self.shared.metrics.drop(Drop::MalformedFrame, 1);
-                continue;
-            };
-            learn(&self.shared, &mut macs, now, eth.src(), Owner::Local);
-            let dst = eth.dst();
-            let owner = if dst.is_unicast() { macs.lookup(now, dst) } else { None };
-            let mut plan = |hop: PeerName, dest: PeerName| {
-                self.plan.push(Planned { hop, origin: self.local, dest, buf: i, start: 0, end: len })
-            };
-            match owner {
-                // The bridge flooded it (it sends a frame for a confirmed
-                // fast-path MAC to the VXLAN port only), so the kernel
-                // already carried a copy to that peer.
-                Some(Owner::Peer(_)) if fwd.fastdp_macs.contains(&dst) => self.shared.metrics.drop(Drop::OnFastPath, 1),
-                // A fast-path peer's MAC without a confirmed bridge entry
-                // (just learned, or the switch in progress): the bridge
-                // forwards it to us as it learned it, so the kernel did not
-                // carry it and dropping here would lose it. Sleeve it.
-                Some(Owner::Peer(dest)) => match fwd.next_hop.get(&dest) {
-                    Some(&hop) => plan(hop, dest),
-                    None => self.shared.metrics.drop(Drop::NoRoute, 1),
-                },
-                // The bridge floods to us what it doesn't know; a local
-                // destination is the bridge's to deliver.
-                Some(Owner::Local) => self.shared.metrics.drop(Drop::LocalDestination, 1),
-                None => {
-                    for &(hop, dest) in &fwd.local_flood {
-                        plan(hop, dest);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// A frame too big for its path: tell the sender (ICMP "fragmentation
 /// needed" / "packet too big" into the TAP) rather than black-holing it.
-fn reply_too_big(shared: &Shared, tap: &Tap, scratch: &mut [u8], frame: &[u8], max_frame: usize) {
+fn reply_too_big(shared: &Shared, tap: &Tap, vnet: bool, scratch: &mut [u8], frame: &[u8], max_frame: usize) {
     shared.metrics.drop(Drop::FrameTooBig, 1);
     if let Ok(n) = weft_proto::icmp::too_big_reply(frame, max_frame, scratch) {
-        if tap.write(&scratch[..n]).is_err() {
+        if write_frame(tap, vnet, &scratch[..n]).is_err() {
             shared.metrics.drop(Drop::TapWriteFailed, 1);
         }
     }
 }
 
+/// Writes one plain frame into the TAP (behind an empty virtio header
+/// when the TAP has one: the kernel checks the checksums itself).
+fn write_frame(tap: &Tap, vnet: bool, frame: &[u8]) -> std::io::Result<usize> {
+    const NONE: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+    match vnet {
+        true => tap.write_parts(&[std::io::IoSlice::new(&NONE), std::io::IoSlice::new(frame)]),
+        false => tap.write(frame),
+    }
+}
+
 /// The plain datagram in a received buffer, opening it first if it is
-/// sealed; `None` (counted) when it must be dropped. Also returns the
-/// buffer's start address, for frame offsets into it.
-fn unseal<'a>(shared: &Shared, fwd: &Forwarding, buf: &'a mut [u8]) -> Option<(&'a [u8], usize)> {
-    let base = buf.as_ptr() as usize;
+/// sealed; `None` (counted) when it must be dropped. Returned as its range
+/// in `buf`. `scratch` keeps a copy of the sealed datagram while a peer
+/// has retired keys: a failed open leaves `buf` scrambled.
+fn unseal(shared: &Shared, fwd: &Forwarding, buf: &mut [u8], scratch: &mut Vec<u8>) -> Option<std::ops::Range<usize>> {
     let header = match sleeve::sealed_header(buf) {
         Ok(header) => header,
         Err(_) => {
@@ -384,159 +263,38 @@ fn unseal<'a>(shared: &Shared, fwd: &Forwarding, buf: &'a mut [u8]) -> Option<(&
             return None;
         }
     };
-    match header {
-        None if fwd.encrypted => {
+    let Some(header) = header else {
+        if fwd.encrypted {
             shared.metrics.drop(Drop::Unencrypted, 1);
-            None
+            return None;
         }
-        None => Some((buf, base)),
-        Some(header) => {
-            let Some(session) = fwd.sessions.get(&header.sender) else {
-                shared.metrics.drop(Drop::NoSession, 1);
-                return None;
-            };
-            match session.open(buf, &shared.metrics) {
-                Ok(plain) => Some((plain, base)),
-                Err(err) => {
-                    tracing::trace!("sealed datagram from {}: {err}", header.sender);
-                    shared.metrics.unseal_failure(&err);
-                    None
-                }
-            }
+        return Some(0..buf.len());
+    };
+    let Some(session) = fwd.sessions.get(&header.sender) else {
+        shared.metrics.drop(Drop::NoSession, 1);
+        return None;
+    };
+    let base = buf.as_ptr() as usize;
+    let range = |plain: &[u8]| {
+        let start = plain.as_ptr() as usize - base;
+        start..start + plain.len()
+    };
+    let retired = fwd.retired.get(&header.sender).filter(|r| !r.is_empty());
+    if retired.is_some() {
+        scratch.clear();
+        scratch.extend_from_slice(buf);
+    }
+    let err = match session.open(buf, &shared.metrics) {
+        Ok(plain) => return Some(range(plain)),
+        Err(err) => err,
+    };
+    for old in retired.into_iter().flatten() {
+        buf.copy_from_slice(scratch);
+        if let Ok(plain) = old.open(buf, &shared.metrics) {
+            return Some(range(plain));
         }
     }
-}
-
-struct UdpToTap {
-    shared: Arc<Shared>,
-    local: PeerName,
-    bufs: Vec<Box<[u8]>>,
-    recvd: Vec<(usize, SocketAddr)>,
-    batch: MsgBatch,
-    plan: Vec<Planned>,
-    learned: Vec<(weft_proto::ethernet::MacAddr, Owner)>,
-    encap: Encapsulator,
-    traffic: TrafficBatch,
-}
-
-impl UdpToTap {
-    fn new(shared: Arc<Shared>, local: PeerName) -> Self {
-        UdpToTap {
-            shared,
-            local,
-            bufs: (0..BATCH).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect(),
-            recvd: Vec::with_capacity(BATCH),
-            batch: MsgBatch::new(BATCH),
-            plan: Vec::with_capacity(BATCH * 4),
-            learned: Vec::with_capacity(BATCH),
-            encap: Encapsulator::new(local),
-            traffic: TrafficBatch::default(),
-        }
-    }
-
-    fn run(mut self, tap: &Tap, udp: &UdpSocket) {
-        loop {
-            match self.batch.recv(udp.as_raw_fd(), &mut self.bufs, &mut self.recvd) {
-                Ok(()) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here
-                    // (ECONNREFUSED etc.): not fatal for a UDP socket.
-                    tracing::debug!("recvmmsg: {e}");
-                    continue;
-                }
-            }
-            let fwd = self.shared.forwarding();
-            self.handle_batch(&fwd, tap);
-            self.encap.send(
-                udp.as_raw_fd(),
-                &fwd,
-                &mut self.plan,
-                &self.bufs,
-                &self.shared,
-                // Relays are re-packed one frame per record: a frame that
-                // fitted the previous hop may not fit the next one.
-                |_, _| self.shared.metrics.drop(Drop::FrameTooBig, 1),
-            );
-            self.shared.metrics.flush(&mut self.traffic);
-        }
-    }
-
-    fn handle_batch(&mut self, fwd: &Forwarding, tap: &Tap) {
-        self.plan.clear();
-        let now = Instant::now();
-        for (bi, &(len, from)) in self.recvd.iter().enumerate() {
-            let Some((data, base)) = unseal(&self.shared, fwd, &mut self.bufs[bi][..len]) else { continue };
-            let (sender, frames) = match sleeve::parse(data) {
-                Ok(Datagram::Heartbeat { sender, conn_id }) => {
-                    let hb = Heartbeat::Sleeve(SleeveHeartbeat { sender, conn_id, from });
-                    if self.shared.heartbeats.try_send(hb).is_err() {
-                        self.shared.metrics.drop(Drop::HeartbeatQueueFull, 1);
-                    }
-                    continue;
-                }
-                Ok(Datagram::Frames { sender, frames }) => (sender, frames),
-                Err(err) => {
-                    tracing::trace!("malformed datagram from {from}: {err}");
-                    self.shared.metrics.drop(Drop::MalformedDatagram, 1);
-                    continue;
-                }
-            };
-            // Only neighbours with a confirmed sleeve, from their address.
-            if fwd.neighbours.get(&sender).is_none_or(|n| n.addr.ip() != from.ip()) {
-                self.shared.metrics.drop(Drop::UnknownPeer, 1);
-                continue;
-            }
-            for f in frames {
-                let f = match f {
-                    Ok(f) => f,
-                    Err(_) => {
-                        self.shared.metrics.drop(Drop::MalformedDatagram, 1);
-                        break;
-                    }
-                };
-                let Ok(eth) = EthernetFrame::new_checked(f.frame) else {
-                    self.shared.metrics.drop(Drop::MalformedFrame, 1);
-                    continue;
-                };
-                let start = f.frame.as_ptr() as usize - base;
-                let end = start + f.frame.len();
-                let broadcast = f.dest.is_broadcast();
-                if f.origin == self.local {
-                    // Our own frame came back: a routing disagreement during
-                    // convergence. Never deliver it twice.
-                    continue;
-                }
-                if broadcast || f.dest == self.local {
-                    self.traffic.add(sender, Direction::In, f.frame.len());
-                    self.learned.push((eth.src(), Owner::Peer(f.origin)));
-                    if tap.write(f.frame).is_err() {
-                        self.shared.metrics.drop(Drop::TapWriteFailed, 1);
-                    }
-                }
-                if broadcast {
-                    for &hop in fwd.broadcast_hops(f.origin) {
-                        if hop != sender {
-                            self.plan.push(Planned { hop, origin: f.origin, dest: f.dest, buf: bi, start, end });
-                        }
-                    }
-                } else if f.dest != self.local {
-                    match fwd.next_hop.get(&f.dest) {
-                        Some(&hop) if hop != sender => {
-                            self.plan.push(Planned { hop, origin: f.origin, dest: f.dest, buf: bi, start, end })
-                        }
-                        _ => self.shared.metrics.drop(Drop::NoRoute, 1),
-                    }
-                }
-            }
-        }
-        learn_all(&self.shared, now, &mut self.learned);
-    }
+    tracing::trace!("sealed datagram from {}: {err}", header.sender);
+    shared.metrics.unseal_failure(&err);
+    None
 }

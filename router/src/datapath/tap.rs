@@ -6,8 +6,37 @@
 //! bridge it is enslaved to outlives it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use weft_proto::offload::VNET_HDR_LEN;
+
+/// What the kernel agreed to hand the TAP unsegmented and with the
+/// checksum left for later (`TUNSETOFFLOAD`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// `TUN_F_CSUM`: frames may come with `NEEDS_CSUM` (checksum partial).
+    pub csum: bool,
+    /// `TUN_F_TSO4|TSO6`: TCP super-frames up to 64 KB.
+    pub tso: bool,
+    /// `TUN_F_USO4|USO6` (Linux 6.2+): UDP GSO super-frames.
+    pub uso: bool,
+}
+
+impl Offloads {
+    /// As `weft status` shows them.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = [(self.csum, "csum"), (self.tso, "tso4,tso6"), (self.uso, "uso4,uso6")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(",")
+        }
+    }
+}
 
 /// An open TAP device.
 #[derive(Debug)]
@@ -21,7 +50,10 @@ impl Tap {
     /// `%d` for the kernel to pick a free number; [`Tap::name`] tells the
     /// result. With `vnet_hdr`, every frame read or written is preceded by a
     /// `struct virtio_net_hdr`, which carries GSO/checksum offload state.
-    pub fn open(name: &str, vnet_hdr: bool) -> io::Result<Tap> {
+    /// With `multi_queue`, each `open` of the same name adds a queue (an
+    /// fd of its own) to the device; every queue must ask for the same
+    /// flags.
+    pub fn open(name: &str, vnet_hdr: bool, multi_queue: bool) -> io::Result<Tap> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -39,6 +71,9 @@ impl Tap {
         let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
         if vnet_hdr {
             flags |= libc::IFF_VNET_HDR;
+        }
+        if multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
         }
         // The IFF_* values all fit in the `short` the kernel reads.
         request.ifr_ifru.ifru_flags = flags as libc::c_short;
@@ -58,6 +93,46 @@ impl Tap {
         // The kernel wrote back the actual name, NUL-terminated.
         let name: Vec<u8> = request.ifr_name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         Ok(Tap { file, name: String::from_utf8_lossy(&name).into_owned() })
+    }
+
+    /// Sets the virtio header's byte order (little-endian) and size (the
+    /// 10-byte legacy header) explicitly, then asks for the widest offload
+    /// set the kernel takes, falling back step by step (USO needs 6.2; an
+    /// unknown bit is EINVAL). The mask is device-wide and outlives the fd,
+    /// so it is always set, also to nothing.
+    pub fn set_offloads(&self, wanted: bool) -> io::Result<Offloads> {
+        let le: libc::c_int = 1;
+        let hdr_len = VNET_HDR_LEN as libc::c_int;
+        // SAFETY: both ioctls read one int through the pointer, which
+        // outlives the call; the fd is an open TAP with IFF_VNET_HDR.
+        unsafe {
+            if libc::ioctl(self.file.as_raw_fd(), libc::TUNSETVNETLE, &le) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::ioctl(self.file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let tso = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        let tries: &[(libc::c_uint, Offloads)] = if wanted {
+            &[
+                (tso | libc::TUN_F_USO4 | libc::TUN_F_USO6, Offloads { csum: true, tso: true, uso: true }),
+                (tso, Offloads { csum: true, tso: true, uso: false }),
+                (libc::TUN_F_CSUM, Offloads { csum: true, tso: false, uso: false }),
+                (0, Offloads { csum: false, tso: false, uso: false }),
+            ]
+        } else {
+            &[(0, Offloads { csum: false, tso: false, uso: false })]
+        };
+        let mut last = io::Error::from(io::ErrorKind::Unsupported);
+        for &(mask, offloads) in tries {
+            // SAFETY: TUNSETOFFLOAD takes its argument by value.
+            if unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETOFFLOAD, mask as libc::c_ulong) } == 0 {
+                return Ok(offloads);
+            }
+            last = io::Error::last_os_error();
+        }
+        Err(last)
     }
 
     /// The device's name in the kernel.
@@ -90,6 +165,12 @@ impl Tap {
     /// Writes one whole frame.
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
         (&self.file).write(frame)
+    }
+
+    /// Writes one frame gathered from `parts` (with a virtio header, its
+    /// first part) in one `writev`.
+    pub fn write_parts(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&self.file).write_vectored(parts)
     }
 }
 
