@@ -12,6 +12,7 @@
 
 mod encap;
 pub mod sleeve_session;
+mod spin_budget;
 pub mod tap;
 mod tap_to_udp;
 mod udp_batch;

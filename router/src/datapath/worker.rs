@@ -7,12 +7,14 @@
 //! sleeping, so the reply is picked up without another wake-up. A ping
 //! then costs two thread wake-ups per round trip instead of four, which
 //! on a VM is most of the sleeve's latency. The spin yields the CPU on
-//! every empty poll and ends after `spin` of idleness, so an idle node
-//! spends nothing and a busy one never waits for it.
+//! every empty poll, ends after `spin` of idleness, and never takes more
+//! than its budget (`spin_budget`), so an idle node spends nothing and
+//! steady traffic can't keep a worker spinning.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use super::spin_budget::SpinBudget;
 use super::tap_to_udp::TapToUdp;
 use super::udp_to_tap::UdpToTap;
 use super::Queue;
@@ -35,8 +37,10 @@ impl Worker {
             libc::pollfd { fd: recv.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
         let mut last_work: Option<Instant> = None;
+        let mut budget = SpinBudget::new(Instant::now());
         loop {
-            let spinning = last_work.is_some_and(|t| t.elapsed() < self.spin);
+            let now = Instant::now();
+            let spinning = last_work.is_some_and(|t| now.duration_since(t) < self.spin) && budget.allows(now);
             let timeout = if spinning { 0 } else { BLOCK_MS };
             // SAFETY: two valid pollfds for the duration of the call.
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -45,6 +49,7 @@ impl Worker {
                     // Let whatever else wants this CPU (a pod, the other
                     // node's worker) run before looking again.
                     std::thread::yield_now();
+                    budget.spend(now.elapsed());
                 }
                 continue;
             }
