@@ -407,19 +407,24 @@ mod tests {
         messages
     }
 
+    /// The payloads back to back in one arena, queued for `dst` with GSO.
+    fn queue_all(payloads: &[Vec<u8>], dst: SocketAddr) -> (Vec<u8>, Vec<OutMsg>) {
+        let mut msgs = Vec::new();
+        let mut offset = 0;
+        for p in payloads {
+            OutMsg::queue(&mut msgs, true, dst, offset, p.len());
+            offset += p.len();
+        }
+        (payloads.concat(), msgs)
+    }
+
     #[test]
     fn send_and_receive_a_batch_on_loopback() {
         let (a, b) = pair();
         let dst = b.local_addr().unwrap();
         let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + i as usize]).collect();
-        let arena: Vec<u8> = payloads.concat();
-        let mut msgs = Vec::new();
-        let mut offset = 0;
-        for p in &payloads {
-            // Growing sizes never join a run.
-            OutMsg::queue(&mut msgs, true, dst, offset, p.len());
-            offset += p.len();
-        }
+        let (arena, msgs) = queue_all(&payloads, dst);
+        // Growing sizes never join a run.
         assert_eq!(msgs.len(), 10);
         let mut batch = MsgBatch::new(4);
         let sent = batch.send(a.as_raw_fd(), &arena, &msgs);
@@ -437,13 +442,7 @@ mod tests {
         // then a lone datagram to another address.
         let mut payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1400]).collect();
         payloads[9].truncate(700);
-        let arena: Vec<u8> = payloads.concat();
-        let mut msgs = Vec::new();
-        let mut offset = 0;
-        for p in &payloads {
-            OutMsg::queue(&mut msgs, true, dst, offset, p.len());
-            offset += p.len();
-        }
+        let (arena, msgs) = queue_all(&payloads, dst);
         assert_eq!(msgs.iter().map(|m| m.count).collect::<Vec<_>>(), [10, 10]);
         assert!(msgs[0].closed && !msgs[1].closed);
         let mut batch = MsgBatch::new(4);
