@@ -35,6 +35,16 @@ fn start_sleeve(c: &Cluster, peers: &[&[usize]], extra: &[&[&str]]) -> Result<()
     c.wait_ready_all()
 }
 
+/// Two sleeve nodes, node 1 dialling node 0, and a pod on each that
+/// reaches the other.
+fn two_nodes_pinging(c: &Cluster) -> Result<Vec<Pod>> {
+    start_sleeve(c, &[&[], &[0]], &[])?;
+    c.wait_mesh(&[0, 1], CONVERGE)?;
+    let p = pods(c, &[0, 1])?;
+    p[0].ping_ok(p[1].ip(), 3, REACH)?;
+    Ok(p)
+}
+
 fn pods(c: &Cluster, nodes: &[usize]) -> Result<Vec<Pod>> {
     nodes.iter().map(|&i| c.add_pod(i, pod_ip(i, 0))).collect()
 }
@@ -281,10 +291,7 @@ impl Drop for RandomLoss<'_> {
 #[test]
 fn one_percent_random_loss_on_the_underlay_loses_no_byte() {
     with_cluster(2, |c| {
-        start_sleeve(c, &[&[], &[0]], &[])?;
-        c.wait_mesh(&[0, 1], CONVERGE)?;
-        let p = pods(c, &[0, 1])?;
-        p[0].ping_ok(p[1].ip(), 3, REACH)?;
+        let p = two_nodes_pinging(c)?;
         // The wire must see datagrams, not the GSO super-packets a veth
         // passes whole: the nodes' kernels segment before sending.
         for i in 0..2 {
@@ -406,10 +413,7 @@ fn udp_gso_datagrams_from_a_pod_arrive_whole_and_checked() {
 #[test]
 fn a_route_mtu_that_shrinks_under_a_running_cluster_is_followed_and_gso_stays_on() {
     with_cluster(2, |c| {
-        start_sleeve(c, &[&[], &[0]], &[])?;
-        c.wait_mesh(&[0, 1], CONVERGE)?;
-        let p = pods(c, &[0, 1])?;
-        p[0].ping_ok(p[1].ip(), 3, REACH)?;
+        let p = two_nodes_pinging(c)?;
         // The route toward node 1 shrinks after the connection was made:
         // node 0's full-size datagrams no longer fit, the kernel refuses
         // them (EINVAL for a GSO run, EMSGSIZE one by one), the router
